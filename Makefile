@@ -1,0 +1,32 @@
+# Everything installs into .venv at the repo root, idempotently (a stamp file per step).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU-capable default; a CUDA user sets TORCH_SPEC to their own build (README "Dependencies"),
+# or TORCH_SPEC= (empty) to keep the torch already in the venv.
+TORCH_SPEC ?= torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0
+DAC_SPEC := descript-audiotools==0.7.2 descript-audio-codec==1.0.0
+
+.PHONY: install test demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install --quiet $(TORCH_SPEC))
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(DAC_SPEC)
+	touch $@
+
+test: install
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q tests
+
+demo: install
+	RAY_AUTH_MODE=disabled $(VENV)/bin/codecsep demo --output demo_out
+
+bench: install
+	RAY_AUTH_MODE=disabled $(VENV)/bin/codecsep bench --output bench_out
+
+clean:
+	rm -rf $(VENV) demo_out bench_out

@@ -1,0 +1,207 @@
+"""The residual-VQ tensors of a DAC model, and the two operations CodecSep needs from them.
+
+Separation never needs the codec's encoder or decoder: codes become a latent by codebook
+lookup, and the masked latent becomes codes again by DAC's own residual quantization.
+Both only need the quantizer's tensors (~0.3 M parameters for DAC 16 kHz), which are
+exported once from a DAC checkpoint into a small safetensors file.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from codecsep_core import model_io
+
+FORMAT = "codecsep.codec_tables.v1"
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    """What identifies a codec: shard rows carry `name`, and the job refuses other codecs."""
+
+    name: str  # e.g. "dac_16khz"
+    sample_rate: int
+    hop_length: int
+    n_codebooks: int
+    codebook_size: int
+    codebook_dim: int
+    latent_dim: int
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+
+def codec_name(sample_rate: int) -> str:
+    return f"dac_{sample_rate // 1000}khz"
+
+
+def _weight_norm(state: dict, prefix: str) -> torch.Tensor:
+    """Effective weight of a weight-normed conv, from either weight-norm API's state dict."""
+    if prefix + "weight_v" in state:  # torch.nn.utils.weight_norm (what DAC 1.0 uses)
+        v, g = state[prefix + "weight_v"], state[prefix + "weight_g"]
+    elif prefix + "parametrizations.weight.original1" in state:
+        v = state[prefix + "parametrizations.weight.original1"]
+        g = state[prefix + "parametrizations.weight.original0"]
+    else:
+        return state[prefix + "weight"]
+    return torch._weight_norm(v, g, 0)
+
+
+class CodecTables:
+    """Codebooks and projections of every quantizer stage, as plain tensors.
+
+    in_w [n_q, codebook_dim, latent_dim, 1], in_b [n_q, codebook_dim]
+    out_w [n_q, latent_dim, codebook_dim, 1], out_b [n_q, latent_dim]
+    codebooks [n_q, codebook_size, codebook_dim]
+    """
+
+    def __init__(self, info: CodecInfo, in_w, in_b, out_w, out_b, codebooks):
+        self.info = info
+        self.in_w, self.in_b = in_w, in_b
+        self.out_w, self.out_b = out_w, out_b
+        self.codebooks = codebooks
+        self._derive()
+
+    def _derive(self) -> None:
+        self.codebooks_normed = F.normalize(self.codebooks, dim=-1)
+        # lookup(c) = sum_i out_proj_i(codebook_i[c_i]): precompute out_proj of every entry.
+        self.projected = torch.einsum("qld,qkd->qkl", self.out_w[..., 0], self.codebooks)
+        self.out_b_sum = self.out_b.sum(0)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_state_dict(cls, state: dict, *, sample_rate: int, hop_length: int) -> "CodecTables":
+        """From a DAC model's state dict (keys `quantizer.quantizers.<i>.*`)."""
+        n_q = 0
+        while f"quantizer.quantizers.{n_q}.codebook.weight" in state:
+            n_q += 1
+        if n_q == 0:
+            raise ValueError("no DAC quantizer found in the state dict (quantizer.quantizers.0.*)")
+        stages = [f"quantizer.quantizers.{i}." for i in range(n_q)]
+        in_w = torch.stack([_weight_norm(state, p + "in_proj.") for p in stages]).float()
+        out_w = torch.stack([_weight_norm(state, p + "out_proj.") for p in stages]).float()
+        info = CodecInfo(
+            name=codec_name(sample_rate),
+            sample_rate=int(sample_rate),
+            hop_length=int(hop_length),
+            n_codebooks=n_q,
+            codebook_size=int(state[stages[0] + "codebook.weight"].shape[0]),
+            codebook_dim=int(in_w.shape[1]),
+            latent_dim=int(in_w.shape[2]),
+        )
+        return cls(
+            info,
+            in_w=in_w,
+            in_b=torch.stack([state[p + "in_proj.bias"] for p in stages]).float(),
+            out_w=out_w,
+            out_b=torch.stack([state[p + "out_proj.bias"] for p in stages]).float(),
+            codebooks=torch.stack([state[p + "codebook.weight"] for p in stages]).float(),
+        )
+
+    @classmethod
+    def from_dac_checkpoint(cls, path: model_io.Source) -> "CodecTables":
+        """From a checkpoint as DAC's `DAC.load` reads it (a `torch.save`d dict with
+        `state_dict` and `metadata.kwargs`). Loaded with `weights_only=True`, so the file
+        cannot run code; the `dac` package itself is not needed."""
+        import io
+
+        try:
+            ckpt = torch.load(io.BytesIO(model_io.read_source(path)), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - re-raised with the path and what was expected
+            raise ValueError(f"{path}: not a readable DAC checkpoint ({e})") from e
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"{path}: not a DAC checkpoint (no 'state_dict')")
+        kwargs = (ckpt.get("metadata") or {}).get("kwargs") or {}
+        sample_rate = int(kwargs.get("sample_rate", 44100))
+        rates = kwargs.get("encoder_rates", [2, 4, 8, 8])
+        hop = 1
+        for r in rates:
+            hop *= int(r)
+        return cls.from_state_dict(ckpt["state_dict"], sample_rate=sample_rate, hop_length=hop)
+
+    @classmethod
+    def from_dac_model(cls, model) -> "CodecTables":
+        """From a live `dac.DAC` module."""
+        return cls.from_state_dict(
+            model.state_dict(), sample_rate=model.sample_rate, hop_length=model.hop_length
+        )
+
+    # ----------------------------------------------------------------- files
+    def to_bytes(self) -> bytes:
+        tensors = {
+            "in_w": self.in_w, "in_b": self.in_b, "out_w": self.out_w, "out_b": self.out_b,
+            "codebooks": self.codebooks,
+        }
+        return model_io.pack(tensors, FORMAT, asdict(self.info))
+
+    def save(self, path: str | Path) -> None:
+        model_io.write(path, self.to_bytes())
+
+    @classmethod
+    def load(cls, src: model_io.Source) -> "CodecTables":
+        """From a local path or the file's bytes."""
+        tensors, config = model_io.unpack(src, FORMAT)
+        return cls(CodecInfo(**config), **tensors)
+
+    def to(self, device=None, dtype=None) -> "CodecTables":
+        moved = {
+            k: getattr(self, k).to(device=device, dtype=dtype)
+            for k in ("in_w", "in_b", "out_w", "out_b", "codebooks")
+        }
+        return CodecTables(self.info, **moved)
+
+    @property
+    def device(self) -> torch.device:
+        return self.codebooks.device
+
+    # ----------------------------------------------------------------- operations
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """Raise ValueError naming what is wrong with a [n_codebooks, T] code array."""
+        info = self.info
+        if codes.dim() != 2:
+            raise ValueError(f"codes must be [n_codebooks, n_frames], got shape {tuple(codes.shape)}")
+        if codes.shape[0] != info.n_codebooks:
+            raise ValueError(f"expected {info.n_codebooks} codebooks, got {codes.shape[0]}")
+        if codes.shape[1] == 0:
+            raise ValueError("empty clip (0 frames)")
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be integers, got {codes.dtype}")
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= info.codebook_size:
+            raise ValueError(f"codes out of range [0, {info.codebook_size}): min {lo}, max {hi}")
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, n_q, T] (or [n_q, T]) -> latent [B, latent_dim, T], as DAC's
+        `quantizer.from_codes(codes)[0]`."""
+        squeeze = codes.dim() == 2
+        if squeeze:
+            codes = codes[None]
+        codes = codes.long()
+        n_q = codes.shape[1]
+        z = self.out_b[:n_q].sum(0)[None, :, None].expand(codes.shape[0], -1, codes.shape[2])
+        z = z.clone()
+        for i in range(n_q):  # n_q gathers of [B, T, latent]; no per-frame Python work
+            z += self.projected[i][codes[:, i]].transpose(1, 2)
+        return z[0] if squeeze else z
+
+    def quantize(self, latent: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
+        """latent [B, latent_dim, T] -> codes [B, n_q, T], as DAC's `quantizer(z)` in eval
+        mode: per stage in_proj, L2-normalised nearest codebook entry, out_proj, subtract."""
+        n_q = n_quantizers or self.info.n_codebooks
+        residual = latent.float()
+        codes = []
+        for i in range(n_q):
+            z_e = F.conv1d(residual, self.in_w[i], self.in_b[i])  # [B, d, T]
+            enc = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
+            cb = self.codebooks_normed[i]
+            dist = enc.pow(2).sum(1, keepdim=True) - 2 * enc @ cb.t() + cb.pow(2).sum(1, keepdim=True).t()
+            idx = (-dist).max(1)[1].view(z_e.shape[0], z_e.shape[2])
+            z_q = F.embedding(idx, self.codebooks[i]).transpose(1, 2)
+            z_q = z_e + (z_q - z_e)  # DAC's straight-through expression, kept for bit-equality
+            residual = residual - F.conv1d(z_q, self.out_w[i], self.out_b[i])
+            codes.append(idx)
+        return torch.stack(codes, dim=1)

@@ -1,0 +1,158 @@
+"""The CodecSep masker: a FiLM-conditioned Transformer that predicts a mask on the DAC latent.
+
+Architecture as published (DESIGN.md §3): pointwise down-projection, sinusoidal positions,
+Post-LN Transformer encoder layers whose two LayerNorm outputs each get an additive FiLM
+shift from the prompt embedding, pointwise up-projection + shift, weight-normed pointwise
+conv + shift, pointwise conv + Snake. No sigmoid: the mask is unbounded, as published.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+PRESETS = {
+    # The published masker (about 20.5 M parameters).
+    "paper": dict(latent_dim=1024, width=256, n_layers=16, n_heads=8, ffn_dim=1024, dropout=0.1),
+    # Same code, small numbers: tests and the offline demo.
+    "tiny": dict(latent_dim=1024, width=32, n_layers=2, n_heads=4, ffn_dim=64, dropout=0.1),
+}
+
+
+@dataclass(frozen=True)
+class MaskerConfig:
+    latent_dim: int = 1024
+    width: int = 256
+    n_layers: int = 16
+    n_heads: int = 8
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    cond_dim: int = 512
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "MaskerConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown masker preset {name!r}; known: {', '.join(PRESETS)}")
+        return replace(cls(**PRESETS[name]), **overrides)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MaskerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown masker config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __post_init__(self):
+        if self.width % self.n_heads:
+            raise ValueError(f"width {self.width} is not divisible by n_heads {self.n_heads}")
+        if self.width % 2:
+            raise ValueError("width must be even for sinusoidal positions")
+
+
+class Snake1d(nn.Module):
+    """DAC's periodic activation: x + sin^2(alpha x) / alpha, per channel."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x):
+        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+
+
+class FiLMShift(nn.Linear):
+    """Additive FiLM (scale fixed at 1): beta = Linear(cond). Xavier weight, zero bias."""
+
+    def __init__(self, cond_dim: int, features: int):
+        super().__init__(cond_dim, features)
+        nn.init.xavier_uniform_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+def sinusoidal_positions(n: int, dim: int, device=None, dtype=None) -> torch.Tensor:
+    pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(n, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)
+    return pe.to(dtype or torch.float32)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention on SDPA (fused kernels), with a key padding mask.
+    Parameter layout as nn.MultiheadAttention (packed in_proj, out_proj)."""
+
+    def __init__(self, width: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.in_proj = nn.Linear(width, 3 * width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x, attn_mask=None):
+        b, t, w = x.shape
+        q, k, v = self.in_proj(x).view(b, t, 3, self.n_heads, w // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, w))
+
+
+class FiLMEncoderLayer(nn.Module):
+    """Post-LN Transformer encoder layer; a FiLM shift follows each LayerNorm."""
+
+    def __init__(self, cfg: MaskerConfig):
+        super().__init__()
+        self.attn = SelfAttention(cfg.width, cfg.n_heads, cfg.dropout)
+        self.norm1 = nn.LayerNorm(cfg.width)
+        self.norm2 = nn.LayerNorm(cfg.width)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.width, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, cfg.width)
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.film1 = FiLMShift(cfg.cond_dim, cfg.width)
+        self.film2 = FiLMShift(cfg.cond_dim, cfg.width)
+
+    def forward(self, x, cond, attn_mask=None):
+        x = self.norm1(x + self.dropout(self.attn(x, attn_mask))) + self.film1(cond)[:, None]
+        return self.norm2(x + self.dropout(self.ffn(x))) + self.film2(cond)[:, None]
+
+
+class Masker(nn.Module):
+    """latent Z [B, latent_dim, T] + prompt embedding [B, cond_dim] -> mask M [B, latent_dim, T]."""
+
+    def __init__(self, config: MaskerConfig | None = None):
+        super().__init__()
+        cfg = self.config = config or MaskerConfig()
+        d = cfg.latent_dim
+        self.ch_down = nn.Conv1d(d, cfg.width, 1, bias=False)
+        self.layers = nn.ModuleList(FiLMEncoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.ch_up = nn.Conv1d(cfg.width, d, 1, bias=False)
+        self.film_up = FiLMShift(cfg.cond_dim, d)
+        self.mask_conv = weight_norm(nn.Conv1d(d, d, 1, bias=False))
+        self.film_mask = FiLMShift(cfg.cond_dim, d)
+        self.out_conv = nn.Conv1d(d, d, 1)
+        self.out_act = Snake1d(d)
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """`valid` [B, T] bool marks real frames; padded frames are never attended to, so a
+        window's mask does not depend on what else shares its batch."""
+        x = self.ch_down(z).transpose(1, 2)  # [B, T, W]
+        x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
+        attn_mask = None if valid is None else valid[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, cond, attn_mask)
+        x = self.ch_up(x.transpose(1, 2)) + self.film_up(cond)[:, :, None]
+        x = self.mask_conv(x) + self.film_mask(cond)[:, :, None]
+        return self.out_act(self.out_conv(x))
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
