@@ -1,0 +1,158 @@
+"""Codes in, codes out: lookup -> masker -> M * Z -> re-quantize, over windows of any clip.
+
+Windows of many clips are packed into masker batches (with a padding mask, so a window's
+result does not depend on its batch mates). Each clip is streamed window by window: the
+frames a window finalises are re-quantized at once, so memory is bounded by the window
+and batch sizes, never by the clip length (re-quantization is frame-wise, which makes
+this exact).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from codecsep_core.codec_tables import CodecTables
+from codecsep_core.masker import Masker
+from codecsep_core.windows import Window, crossfade_weights, plan_windows
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SeparatorConfig:
+    window_frames: int = 500  # 10 s at 50 frames/s, as evaluated in the paper
+    overlap_frames: int = 50
+    batch_windows: int = 8  # windows per masker call (each run once per prompt)
+    precision: str = "fp32"  # masker compute dtype: fp32 | bf16 | fp16
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.window_frames < 1 or self.batch_windows < 1:
+            raise ValueError("window_frames and batch_windows must be positive")
+        if not 0 <= self.overlap_frames < self.window_frames:
+            raise ValueError("overlap_frames must be in [0, window_frames)")
+
+
+@dataclass
+class ClipResult:
+    """Separated codes [P, n_codebooks, T] and per-prompt curation scores, each [P]."""
+
+    codes: torch.Tensor
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class _ClipStream:
+    """Accumulates one clip's windows in order and emits finalised frames."""
+
+    def __init__(self, codes: torch.Tensor, n_prompts: int, overlap: int, latent_dim: int):
+        self.codes = codes
+        self.overlap = overlap
+        self.latent_dim = latent_dim
+        n_q, t = codes.shape
+        self.out = torch.empty(n_prompts, n_q, t, dtype=torch.int32)
+        self.carry: torch.Tensor | None = None  # weighted mask of the pending overlap
+        self.energy_kept = torch.zeros(n_prompts, dtype=torch.float64)
+        self.energy_in = torch.zeros((), dtype=torch.float64)
+        self.mask_sum = torch.zeros(n_prompts, dtype=torch.float64)
+
+    def add(self, w: Window, z: torch.Tensor, mask: torch.Tensor):
+        """z [D, L], mask [P, D, L] for window w -> (start, Z_hat [P, D, n]) of final frames."""
+        o = self.overlap
+        mask = mask * crossfade_weights(w, o, mask.device)
+        if self.carry is not None:
+            mask[:, :, :o] += self.carry
+        n_final = w.length if w.last else w.length - o
+        self.carry = None if w.last else mask[:, :, n_final:]
+        m, zf = mask[:, :, :n_final], z[:, :n_final]
+        z_hat = m * zf
+        self.energy_in += zf.double().pow(2).sum()
+        self.energy_kept += z_hat.double().pow(2).sum((1, 2))
+        self.mask_sum += m.double().sum((1, 2))
+        return w.start, z_hat
+
+    def result(self) -> ClipResult:
+        n_values = self.latent_dim * self.codes.shape[1]
+        return ClipResult(
+            codes=self.out,
+            scores={
+                "energy_kept": (self.energy_kept / self.energy_in.clamp_min(1e-12)).float(),
+                "mask_mean": (self.mask_sum / n_values).float(),
+            },
+        )
+
+
+class Separator:
+    """Prompt-driven separation of DAC codes with codec tables + a masker."""
+
+    def __init__(self, tables: CodecTables, masker: Masker, config: SeparatorConfig | None = None):
+        if masker.config.latent_dim != tables.info.latent_dim:
+            raise ValueError(
+                f"masker latent_dim {masker.config.latent_dim} != codec latent_dim {tables.info.latent_dim}"
+            )
+        self.config = config or SeparatorConfig()
+        self.masker = masker.eval()
+        self.device = next(masker.parameters()).device
+        self.tables = tables.to(self.device)
+        self.dtype = PRECISIONS[self.config.precision]
+
+    @torch.inference_mode()
+    def separate(self, codes: list[torch.Tensor], embeddings: torch.Tensor) -> list[ClipResult]:
+        """codes: one integer tensor [n_codebooks, T_i] per clip; embeddings [P, cond_dim]."""
+        embeddings = self._check_embeddings(embeddings)
+        for i, c in enumerate(codes):
+            try:
+                self.tables.check_codes(c)
+            except ValueError as e:
+                raise ValueError(f"clip {i}: {e}") from None
+        cfg = self.config
+        n_prompts = embeddings.shape[0]
+        d = self.tables.info.latent_dim
+        streams = [_ClipStream(c.to(self.device), n_prompts, cfg.overlap_frames, d) for c in codes]
+        windows = [w for i, c in enumerate(codes) for w in plan_windows(c.shape[1], cfg.window_frames, cfg.overlap_frames, i)]
+        for b in range(0, len(windows), cfg.batch_windows):
+            self._run_batch(windows[b : b + cfg.batch_windows], streams, embeddings)
+        return [s.result() for s in streams]
+
+    def _check_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        cond_dim = self.masker.config.cond_dim
+        if embeddings.dim() != 2 or embeddings.shape[1] != cond_dim or embeddings.shape[0] == 0:
+            raise ValueError(f"embeddings must be [P>0, {cond_dim}], got {tuple(embeddings.shape)}")
+        if not torch.isfinite(embeddings).all():
+            raise ValueError("embeddings contain NaN or inf")
+        return embeddings.to(self.device, torch.float32)
+
+    def _run_batch(self, windows: list[Window], streams: list[_ClipStream], embeddings: torch.Tensor) -> None:
+        n_w, n_p = len(windows), embeddings.shape[0]
+        length = max(w.length for w in windows)
+        n_q = self.tables.info.n_codebooks
+        codes = torch.zeros(n_w, n_q, length, dtype=torch.long, device=self.device)
+        valid = torch.zeros(n_w, length, dtype=torch.bool, device=self.device)
+        for j, w in enumerate(windows):
+            codes[j, :, : w.length] = streams[w.clip].codes[:, w.start : w.stop]
+            valid[j, : w.length] = True
+        z = self.tables.lookup(codes)  # [n_w, D, L]
+        masks = self._masks(z, embeddings, valid).view(n_w, n_p, z.shape[1], length)
+        finals, spans = [], []
+        for j, w in enumerate(windows):
+            start, z_hat = streams[w.clip].add(w, z[j, :, : w.length], masks[j, :, :, : w.length].float())
+            finals.append(z_hat)
+            spans.append((w.clip, start, z_hat.shape[2]))
+        # Re-quantization is frame-wise: quantize every finalised span of the batch at once.
+        new_codes = self.tables.quantize(torch.cat(finals, dim=2))  # [P, n_q, sum n]
+        offset = 0
+        for clip, start, n in spans:
+            streams[clip].out[:, :, start : start + n] = new_codes[:, :, offset : offset + n].to(torch.int32).cpu()
+            offset += n
+
+    def _masks(self, z: torch.Tensor, embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Masker on every (window, prompt) pair, window-major: [n_w * P, D, L]."""
+        n_w, n_p = z.shape[0], embeddings.shape[0]
+        z_rep = z.repeat_interleave(n_p, dim=0)
+        cond = embeddings.repeat(n_w, 1)
+        valid_rep = valid.repeat_interleave(n_p, dim=0)
+        if self.dtype == torch.float32:
+            return self.masker(z_rep, cond, valid_rep)
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            return self.masker(z_rep, cond, valid_rep).float()

@@ -1,0 +1,94 @@
+"""Typed job configs: YAML defaults from configs/<job>.yaml, then `key=value` overrides.
+
+Every job's config is a dataclass (nested dataclasses for groups such as `ray`), so a typo
+in a YAML key or an override fails at start with the list of valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def default_config_path(job: str) -> Path:
+    return CONFIG_DIR / f"{job}.yaml"
+
+
+def _field_types(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(tp, value, key: str):
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(args[0], value, key) if len(args) == 1 else value
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (typing.Any,)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(item, v, key) for v in items]
+    if tp is float and isinstance(value, int):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ValueError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    types_ = _field_types(cls)
+    unknown = set(data) - set(types_)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; valid: {sorted(prefix + k for k in types_)}")
+    return cls(**{k: _coerce(types_[k], v, prefix + k) for k, v in data.items()})
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`a.b=value` overrides; values are parsed as YAML scalars/lists (`x=[1,2]`, `y=null`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return data
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        data = data.setdefault(p, {})
+    data[leaf] = value
+
+
+def load_config(cls, path: str | Path | None, overrides: list[str] | None = None, **values):
+    """YAML file (if any) <- keyword values that are not None <- key=value overrides."""
+    data: dict = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at top level")
+        data = loaded
+    for key, value in values.items():  # CLI flags; dotted keys reach nested groups
+        if value is not None and value != []:
+            _set(data, key, value)
+    apply_overrides(data, overrides or [])
+    return from_dict(cls, data)
