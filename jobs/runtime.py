@@ -29,13 +29,20 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def local_logical_cpus() -> int:
+    return (os.cpu_count() or 1) + 2
+
+
 def init_ray(options: RayOptions):
     """Connect to a cluster when an address is given, else start embedded local Ray once."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if not ray.is_initialized():
-        kwargs = {"address": options.address} if options.address else {}
+        # Embedded Ray advertises two logical CPUs more than the machine has: Ray Data's
+        # checkpoint filter actor and the read tasks each hold one while being I/O-light,
+        # and without the spare slots they deadlock against the separation actors.
+        kwargs = {"address": options.address} if options.address else {"num_cpus": local_logical_cpus()}
         ray.init(**kwargs, log_to_driver=True, include_dashboard=False, logging_level="WARNING")
         log.info("ray: %s", "connected to " + options.address if options.address else "embedded local cluster")
     return ray

@@ -1,0 +1,371 @@
+"""`codecsep separate`: code shards -> separated code shards, codes in, codes out.
+
+read Parquet -> map_batches(SeparateBatch) on an actor pool -> ShardSink. Each actor loads
+the masker and codec tables once and never the codec's encoder/decoder or CLAP: prompt
+embeddings are computed once on the driver and shipped as vectors. Resume is Ray Data's
+row-level checkpointing keyed on `id`, kept after success so that a rerun over a grown
+archive processes only the new clips.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from codecsep_core import SeparatorConfig
+from jobs import config as job_config
+from jobs.runtime import JobReport, RayOptions, init_ray, setup_logging
+from storage import fs as sfs
+
+log = logging.getLogger("codecsep.separate")
+
+
+@dataclass(frozen=True)
+class SeparateConfig:
+    input: str | None = None
+    output: str | None = None
+    prompts: list[str] = field(default_factory=list)
+    masker: str | None = None
+    codec_tables: str | None = None
+    codec_weights: str | None = None
+    prompt_table: str | None = None
+    clap_checkpoint: str | None = None
+    checkpoint_path: str | None = None
+    min_rows_per_file: int = 64
+    separator: SeparatorConfig = field(default_factory=SeparatorConfig)
+    ray: RayOptions = field(default_factory=RayOptions)
+
+    def check(self) -> None:
+        missing = [k for k in ("input", "output", "masker") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"missing setting(s): {', '.join(missing)} (flags --{' --'.join(missing)})")
+        if not self.prompts:
+            raise ValueError("no prompts: pass --prompt TEXT (repeatable)")
+        if len(set(self.prompts)) != len(self.prompts):
+            raise ValueError(f"duplicate prompts: {self.prompts}")
+
+    @property
+    def checkpoint_uri(self) -> str:
+        return self.checkpoint_path or self.output.rstrip("/") + ".checkpoint"
+
+
+# --------------------------------------------------------------------------- actor
+
+
+class SeparateBatch:
+    """Ray Data callable class: set up once per actor, then separate batches of rows."""
+
+    def __init__(self, masker: bytes, tables: bytes, prompts: list[str], embeddings: np.ndarray,
+                 separator: SeparatorConfig, use_gpu: bool, tally=None):
+        import ray
+        import torch
+
+        from codecsep_core import CodecTables, Separator, load_masker
+        from storage.schema import CodecSpec
+
+        masker, tables = ray.get([masker, tables])  # shipped once through the object store
+        device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.separator = Separator(CodecTables.load(tables), load_masker(masker).to(device), separator)
+        info = self.separator.tables.info
+        self.spec = CodecSpec(info.name, info.n_codebooks, info.codebook_size, info.sample_rate)
+        self.prompts = prompts
+        self.embeddings = torch.tensor(embeddings, dtype=torch.float32)
+        self.tally = tally
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from jobs.sinks import ERROR_COLUMN, SOURCE_COLUMN
+        from storage.schema import check_batch
+
+        t0 = time.perf_counter()
+        checked = check_batch(batch, self.spec)
+        good = [i for i, c in enumerate(checked) if c.reason is None]
+        t1 = time.perf_counter()
+        codes = self._separate(batch.take(good), [checked[i].codes for i in good]) if good else []
+        t2 = time.perf_counter()
+        out = self._output_rows(batch, good, codes)
+        bad = [i for i, c in enumerate(checked) if c.reason is not None]
+        if bad:
+            rows = batch.take(bad)
+            errors = pa.table({
+                "id": rows["id"].cast(pa.string()) if "id" in rows.column_names else pa.nulls(len(bad), pa.string()),
+                SOURCE_COLUMN: rows["path"],
+                ERROR_COLUMN: pa.array([checked[i].reason for i in bad], pa.string()),
+            })
+            out = pa.concat_tables([out, errors], promote_options="default") if out is not None else errors
+        if self.tally is not None:
+            audio_s = float(np.sum(np.asarray(batch.take(good)["n_samples"]) / np.asarray(batch.take(good)["sample_rate"]))) if good else 0.0
+            self.tally.add.remote(rows=batch.num_rows, good=len(good), errors=len(bad), audio_s=audio_s,
+                                  validate_s=t1 - t0, separate_s=t2 - t1, assemble_s=time.perf_counter() - t2)
+        return out
+
+    def _separate(self, rows: pa.Table, codes: list[np.ndarray]):
+        """Separated codes per row, [P, n_q, T] uint16, plus scores; chunked DAC rows are
+        separated chunk by chunk (their chunks do not share a frame grid)."""
+        import torch
+
+        from storage.schema import separable_segments
+
+        segments, owners = [], []
+        meta = rows.drop_columns([c for c in ("codes",) if c in rows.column_names]).to_pylist()
+        for i, (row, c) in enumerate(zip(meta, codes)):
+            for start, stop in separable_segments(row, c.shape[1]):
+                segments.append(torch.from_numpy(c[:, start:stop].astype(np.int64)))
+                owners.append(i)
+        results = self.separator.separate(segments, self.embeddings)
+        merged = []
+        for i in range(len(codes)):
+            parts = [(r, s.shape[1]) for r, s, o in zip(results, segments, owners) if o == i]
+            frames = torch.tensor([n for _, n in parts], dtype=torch.float64)
+            weights = (frames / frames.sum())[:, None]
+            scores = {k: (torch.stack([r.scores[k].double() for r, _ in parts]) * weights).sum(0).float()
+                      for k in parts[0][0].scores}
+            merged.append((torch.cat([r.codes for r, _ in parts], dim=2).numpy().astype(np.uint16), scores))
+        return merged
+
+    def _output_rows(self, batch: pa.Table, good: list[int], separated) -> pa.Table | None:
+        """One row per (clip, prompt), prompt-major: input columns with new codes + scores."""
+        from jobs.sinks import ERROR_COLUMN, SOURCE_COLUMN
+        from storage.schema import codes_to_arrow
+
+        if not good:
+            return None
+        rows = batch.take(good)
+        n, tables = len(good), []
+        for p, prompt in enumerate(self.prompts):
+            t = rows.set_column(rows.schema.get_field_index("codes"), "codes",
+                                codes_to_arrow([codes[p] for codes, _ in separated]))
+            t = t.rename_columns([SOURCE_COLUMN if c == "path" else c for c in t.column_names])
+            t = t.append_column("prompt", pa.array([prompt] * n, pa.string()))
+            for name in ("energy_kept", "mask_mean"):
+                t = t.append_column(name, pa.array([float(s[name][p]) for _, s in separated], pa.float32()))
+            tables.append(t.append_column(ERROR_COLUMN, pa.nulls(n, pa.string())))
+        return pa.concat_tables(tables)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _tally_actor():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Tally:
+        """Per-batch counters and stage times reported by the actors."""
+
+        def __init__(self):
+            self.totals: dict[str, float] = {}
+
+        def add(self, **values):
+            for k, v in values.items():
+                self.totals[k] = self.totals.get(k, 0) + v
+
+        def get(self):
+            return self.totals
+
+    return Tally.remote()
+
+
+def resolve_embeddings(cfg: SeparateConfig) -> np.ndarray:
+    """[P, 512] float32 for cfg.prompts: from the prompt table, else CLAP once on the driver."""
+    found: dict[str, np.ndarray] = {}
+    if cfg.prompt_table:
+        from storage.prompt_table import read_prompt_table
+
+        table = read_prompt_table(cfg.prompt_table)
+        found = {p: table[p] for p in cfg.prompts if p in table}
+    missing = [p for p in cfg.prompts if p not in found]
+    if missing:
+        from codecsep_core.prompt_encoder import PromptEncoder
+
+        log.info("embedding %d prompt(s) with CLAP: %s", len(missing), missing)
+        vectors = PromptEncoder(cfg.clap_checkpoint).encode(missing).numpy()
+        found.update(zip(missing, vectors))
+    return np.stack([np.asarray(found[p], np.float32) for p in cfg.prompts])
+
+
+def load_codec_tables_bytes(cfg: SeparateConfig) -> bytes:
+    from codecsep_core import CodecTables
+
+    if cfg.codec_tables:
+        return sfs.read_bytes(cfg.codec_tables)
+    if cfg.codec_weights:
+        return CodecTables.from_dac_checkpoint(sfs.read_bytes(cfg.codec_weights)).to_bytes()
+    from codecsep_core.dac_codec import load_dac
+
+    log.info("no codec tables or weights given: using DAC's official 16 kHz model")
+    return CodecTables.from_dac_model(load_dac(None)).to_bytes()
+
+
+def pyarrow_fs(uri: str):
+    """(pyarrow filesystem, path) for Ray Data, through the same fsspec resolution as storage."""
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    fs, path = sfs.resolve(uri)
+    if uri.startswith(("s3://", "s3a://", "memory://")):
+        return PyFileSystem(FSSpecHandler(fs)), path
+    return LocalFileSystem(), path
+
+
+def scan_inputs(uri: str) -> tuple[list[str], list[dict], int]:
+    """Readable shard files, error rows for unreadable ones, and the total row count
+    (from Parquet footers: no data is read on the driver)."""
+    import pyarrow.parquet as pq
+
+    fs, _ = sfs.resolve(uri)
+    good, errors, n_rows = [], [], 0
+    for file in sfs.list_files(uri, [".parquet"]):
+        try:
+            with fs.open(sfs.resolve(file)[1], "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+            if "id" not in meta.schema.names:
+                raise ValueError("no 'id' column")
+        except Exception as e:  # noqa: BLE001 - any unreadable shard becomes an error row
+            errors.append({"id": None, "source": file, "stage": "separate", "prompt": None,
+                           "reason": f"unreadable shard: {type(e).__name__}: {e}"})
+            continue
+        good.append(file)
+        n_rows += meta.num_rows
+    return good, errors, n_rows
+
+
+def write_shard_errors(output: str, errors: list[dict]) -> None:
+    """Unreadable-shard errors, one file per shard named after it: a rerun rewrites the
+    same file instead of adding a duplicate."""
+    import hashlib
+    import io
+
+    import pyarrow.parquet as pq
+
+    from storage.schema import ERRORS_SCHEMA
+
+    for err in errors:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist([err], ERRORS_SCHEMA), buf)
+        name = "shard-" + hashlib.sha1(err["source"].encode()).hexdigest()[:16] + ".parquet"
+        sfs.write_bytes_atomic(sfs.join(output, "_errors", name), buf.getvalue())
+
+
+def count_rows(uri: str) -> int:
+    import pyarrow.parquet as pq
+
+    fs, _ = sfs.resolve(uri)
+    total = 0
+    for file in sfs.list_files(uri, [".parquet"]):
+        with fs.open(sfs.resolve(file)[1], "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def run(cfg: SeparateConfig) -> JobReport:
+    cfg.check()
+    report = JobReport("separate")
+    t_start = time.perf_counter()
+    with report.stage("scan_inputs"):
+        files, shard_errors, n_input_rows = scan_inputs(cfg.input)
+        write_shard_errors(cfg.output, shard_errors)
+    log.info("%d shard(s), %d row(s); %d unreadable shard(s)", len(files), n_input_rows, len(shard_errors))
+    with report.stage("prompt_embeddings"):
+        embeddings = resolve_embeddings(cfg)
+    with report.stage("load_models"):
+        masker_bytes = sfs.read_bytes(cfg.masker)
+        tables_bytes = load_codec_tables_bytes(cfg)
+    rows_before = count_rows(cfg.output)
+    errors_before = count_rows(sfs.join(cfg.output, "_errors"))
+    if files:
+        with report.stage("pipeline"):
+            totals = _run_pipeline(cfg, files, masker_bytes, tables_bytes, embeddings)
+        report.audio_hours = totals.get("audio_s", 0.0) / 3600
+        report.rows_in = int(totals.get("rows", 0))
+        for k in ("validate_s", "separate_s", "assemble_s"):
+            report.stages_s["actors_" + k[:-2]] = totals.get(k, 0.0)
+    report.rows_out = count_rows(cfg.output) - rows_before
+    report.errors = count_rows(sfs.join(cfg.output, "_errors")) - errors_before + len(shard_errors)
+    report.skipped_done = n_input_rows - report.rows_in
+    report.wall_s = time.perf_counter() - t_start
+    report.extra = {"prompts": list(cfg.prompts), "output": cfg.output, "shards": len(files)}
+    return report
+
+
+def _run_pipeline(cfg: SeparateConfig, files, masker_bytes, tables_bytes, embeddings) -> dict:
+    ray = init_ray(cfg.ray)
+    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data.checkpoint import CheckpointConfig
+
+    from jobs.sinks import ShardSink
+
+    in_fs, _ = pyarrow_fs(cfg.input)
+    out_fs, out_path = pyarrow_fs(cfg.output)
+    ckpt_fs, ckpt_path = pyarrow_fs(cfg.checkpoint_uri)
+    ctx = DataContext.get_current()
+    ctx.checkpoint_config = CheckpointConfig(
+        id_column="id", checkpoint_path=ckpt_path, delete_checkpoint_on_success=False,
+        override_filesystem=ckpt_fs,
+    )
+    tally = _tally_actor()
+    paths = [sfs.resolve(f)[1] for f in files]
+    ds = ray.data.read_parquet(paths, filesystem=in_fs, include_paths=True)
+    ds = ds.map_batches(
+        SeparateBatch,
+        fn_constructor_kwargs=dict(
+            masker=ray.put(masker_bytes), tables=ray.put(tables_bytes), prompts=list(cfg.prompts),
+            embeddings=embeddings, separator=cfg.separator, use_gpu=cfg.ray.num_gpus_per_actor > 0, tally=tally,
+        ),
+        batch_size=cfg.ray.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=cfg.ray.num_actors),
+        num_cpus=cfg.ray.num_cpus_per_actor,
+        num_gpus=cfg.ray.num_gpus_per_actor,
+    )
+    sink = ShardSink(out_path, filesystem=out_fs, rename_into_place=not cfg.output.startswith("s3"),
+                     min_rows_per_file=cfg.min_rows_per_file)
+    ds.write_datasink(sink)
+    totals = ray.get(tally.get.remote())
+    ray.kill(tally)
+    return totals
+
+
+def parse_args(argv: list[str] | None) -> SeparateConfig:
+    p = argparse.ArgumentParser(prog="codecsep separate", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(job_config.default_config_path("separate")))
+    p.add_argument("--input", help="URI of the code shards")
+    p.add_argument("--output", help="URI of the separated shards")
+    p.add_argument("--prompt", dest="prompts", action="append", default=[], help="repeatable")
+    p.add_argument("--masker", help="masker checkpoint URI (.safetensors)")
+    p.add_argument("--codec-tables", help="codec tables URI (.safetensors)")
+    p.add_argument("--codec-weights", help="DAC checkpoint URI; tables exported on the fly")
+    p.add_argument("--prompt-table", help="Parquet prompt table URI")
+    p.add_argument("--address", help="Ray address (default: embedded local Ray)")
+    p.add_argument("--actors", type=int, help="actor pool size")
+    p.add_argument("--gpus-per-actor", type=float)
+    p.add_argument("--batch-size", type=int, help="clips per actor call")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. separator.precision=bf16")
+    a = p.parse_args(argv)
+    setup_logging(a.verbose)
+    return job_config.load_config(
+        SeparateConfig, a.config, a.overrides,
+        input=a.input, output=a.output, prompts=a.prompts, masker=a.masker, codec_tables=a.codec_tables,
+        codec_weights=a.codec_weights, prompt_table=a.prompt_table, **{
+            "ray.address": a.address, "ray.num_actors": a.actors, "ray.num_gpus_per_actor": a.gpus_per_actor,
+            "ray.batch_size": a.batch_size,
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+        cfg.check()
+    except ValueError as e:
+        print(f"codecsep separate: {e}")
+        return 2
+    run(cfg).emit()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""One way to reach any fsspec URI (local path, file://, s3://, memory://).
+
+Jobs run the same code on a laptop folder and on object storage, so every storage
+function takes a URI and resolves it here. S3 settings come from explicit `S3Options`
+first, then the standard AWS environment variables, then botocore's own chain (profiles,
+instance roles). Names starting with '.' or '_' are reserved for temporary files and side
+tables (`_errors/`), so listings skip them: a crashed writer's leftovers are never data.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """S3 endpoint and credentials; a field left None falls back to the AWS env vars."""
+
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    region: str | None = None
+
+    def with_env_defaults(self) -> S3Options:
+        env = os.environ
+        return replace(
+            self,
+            endpoint_url=self.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+            key=self.key or env.get("AWS_ACCESS_KEY_ID"),
+            secret=self.secret or env.get("AWS_SECRET_ACCESS_KEY"),
+            region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        )
+
+    def s3fs_kwargs(self) -> dict:
+        opts = self.with_env_defaults()
+        client_kwargs = {}
+        if opts.endpoint_url:
+            client_kwargs["endpoint_url"] = opts.endpoint_url
+        if opts.region:
+            client_kwargs["region_name"] = opts.region
+        kwargs: dict = {"client_kwargs": client_kwargs}
+        if opts.key:
+            kwargs["key"] = opts.key
+        if opts.secret:
+            kwargs["secret"] = opts.secret
+        return kwargs
+
+
+def _is_s3(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def resolve(uri: str, s3: S3Options | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """-> (filesystem, path inside it) for any fsspec URI or local path."""
+    kwargs = (s3 or S3Options()).s3fs_kwargs() if _is_s3(uri) else {}
+    return fsspec.core.url_to_fs(uri, **kwargs)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with '/', whatever the scheme (posix paths only, as in the jobs)."""
+    return posixpath.join(base, *(p.strip("/") for p in parts))
+
+
+def is_hidden(name: str) -> bool:
+    """Temporary files and side tables: never read as data."""
+    return name.startswith((".", "_"))
+
+
+def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
+    fs, path = resolve(uri, s3)
+    return fs.cat_file(path)
+
+
+def exists(uri: str, s3: S3Options | None = None) -> bool:
+    fs, path = resolve(uri, s3)
+    fs.invalidate_cache(path)  # another process may have written it since we last listed
+    return fs.exists(path)
+
+
+def write_bytes_atomic(uri: str, data: bytes, s3: S3Options | None = None) -> None:
+    """Write so that a reader sees the old state or all of `data`, never a partial file.
+
+    S3: one PUT (or a multipart upload, which s3fs aborts on failure) is invisible until
+    complete, so it goes straight to the final key. Elsewhere: write a hidden temporary
+    name in the same folder, then rename; a crash leaves only the hidden name behind.
+    """
+    fs, path = resolve(uri, s3)
+    if _is_s3(uri):
+        fs.pipe_file(path, data)
+        return
+    parent, name = posixpath.split(path)
+    tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+    fs.makedirs(parent, exist_ok=True)
+    try:
+        fs.pipe_file(tmp, data)
+        if isinstance(fs, LocalFileSystem):
+            os.replace(tmp, path)
+        else:
+            fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm_file(tmp)
+        raise
+    log.debug("wrote %s (%d bytes)", uri, len(data))
+
+
+def list_files(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = None) -> list[str]:
+    """Sorted URIs (spelled like `uri`) of the files under `uri`, recursively, whose names
+    end with one of `suffixes` (any name when empty), skipping every path with a part
+    below `uri` that starts with '.' or '_'. A `uri` that is a file is its only entry; a
+    missing `uri` raises FileNotFoundError (an empty folder gives [])."""
+    fs, root = resolve(uri, s3)
+    fs.invalidate_cache(root)  # listings must see what other processes wrote since
+    if not fs.exists(root):
+        raise FileNotFoundError(f"{uri} does not exist")
+    suffixes = tuple(suffixes)
+    if fs.isfile(root):
+        return [uri] if not suffixes or root.endswith(suffixes) else []
+    prefix = root.rstrip("/") + "/"
+    found = []
+    for path in fs.find(root):
+        rel = path[len(prefix):]
+        if not any(is_hidden(part) for part in rel.split("/")) and (not suffixes or rel.endswith(suffixes)):
+            found.append(rel)
+    return [join(uri, rel) for rel in sorted(found)]

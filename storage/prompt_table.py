@@ -1,0 +1,78 @@
+"""Prompt table: text prompts and their embeddings in one Parquet file (DESIGN.md §4).
+
+Jobs embed each distinct prompt once (CLAP) and ship vectors to the GPU actors; storing
+them lets a later run reuse the vectors without loading the text encoder. The encoder
+that made the vectors is kept in the file's key-value metadata, so a run can refuse
+vectors from another encoder.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.fs import S3Options, read_bytes, write_bytes_atomic
+
+ENCODER_KEY = b"codecsep.encoder"
+PROMPT_TABLE_SCHEMA = pa.schema([pa.field("prompt", pa.string()), pa.field("embedding", pa.list_(pa.float32()))])
+
+
+@dataclass(frozen=True)
+class PromptTable:
+    """Distinct prompts and their embeddings, float32 [n_prompts, dim]."""
+
+    prompts: tuple[str, ...]
+    embeddings: np.ndarray
+    encoder: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.prompts):
+            raise ValueError(f"{len(self.prompts)} prompts need embeddings [n, dim], got {self.embeddings.shape}")
+        if not all(isinstance(p, str) and p for p in self.prompts):
+            raise ValueError("prompts must be non-empty strings")
+        if len(set(self.prompts)) != len(self.prompts):
+            raise ValueError("prompts must be distinct")
+        if not np.isfinite(self.embeddings).all():
+            raise ValueError("embeddings must be finite")
+
+    def vectors(self, prompts: Sequence[str]) -> np.ndarray:
+        """Embeddings of `prompts`, in that order; KeyError naming any prompt not here."""
+        index = {p: i for i, p in enumerate(self.prompts)}
+        missing = [p for p in prompts if p not in index]
+        if missing:
+            raise KeyError(f"prompt(s) not in the prompt table: {missing}")
+        return self.embeddings[[index[p] for p in prompts]]
+
+
+def write_prompt_table(uri: str, table: PromptTable, s3: S3Options | None = None) -> None:
+    emb = np.ascontiguousarray(table.embeddings, dtype=np.float32)
+    offsets = np.arange(len(table.prompts) + 1, dtype=np.int32) * emb.shape[1]
+    embedding = pa.ListArray.from_arrays(pa.array(offsets), pa.array(emb.reshape(-1)))
+    metadata = {ENCODER_KEY: table.encoder.encode()} if table.encoder else None
+    arrow = pa.table([pa.array(table.prompts, pa.string()), embedding], schema=PROMPT_TABLE_SCHEMA.with_metadata(metadata))
+    buf = io.BytesIO()
+    pq.write_table(arrow, buf)
+    write_bytes_atomic(uri, buf.getvalue(), s3)
+
+
+def read_prompt_table(uri: str, s3: S3Options | None = None) -> PromptTable:
+    arrow = pq.read_table(io.BytesIO(read_bytes(uri, s3)))
+    missing = [n for n in PROMPT_TABLE_SCHEMA.names if n not in arrow.schema.names]
+    if missing:
+        raise ValueError(f"{uri}: not a prompt table (missing column(s) {missing})")
+    embedding = arrow.column("embedding").combine_chunks()
+    lengths = np.diff(embedding.offsets.to_numpy())
+    if embedding.null_count or len(set(lengths.tolist())) > 1:
+        raise ValueError(f"{uri}: embeddings must all be present and of one dimension")
+    flat = embedding.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    dim = int(lengths[0]) if len(lengths) else 0
+    encoder = (arrow.schema.metadata or {}).get(ENCODER_KEY)
+    return PromptTable(
+        prompts=tuple(arrow.column("prompt").to_pylist()),
+        embeddings=flat.reshape(len(arrow), dim),
+        encoder=encoder.decode() if encoder else None,
+    )

@@ -1,0 +1,182 @@
+"""Folders of Parquet shards on any fsspec URI, read as one dataset.
+
+A shard is written whole or not at all (`fs.write_bytes_atomic`), under a name that
+depends only on the writer's prefix and the shard's position, so a task that re-runs
+after a crash replaces its own shards instead of adding copies. Readers take only
+visible `*.parquet` files: temporary names (`.part-...tmp-...`) and side tables
+(`_errors/`) are never data. Ray Data's `read_parquet` follows the same convention.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from storage.fs import S3Options, exists, is_hidden, join, list_files, resolve, write_bytes_atomic
+from storage.schema import ERRORS_SCHEMA, table_from_rows
+
+log = logging.getLogger(__name__)
+
+ERRORS_DIR = "_errors"
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Bounds on one shard file (rows, and bytes of the Parquet file), so that a reader
+    can hold a shard in memory and a writer puts it in one request."""
+
+    max_rows: int = 10_000
+    max_bytes: int = 128 * 2**20
+    compression: str = "zstd"
+
+
+def shard_name(prefix: str, index: int) -> str:
+    return f"part-{prefix}-{index:05d}.parquet"
+
+
+class ShardWriter:
+    """Buffers tables and writes them as bounded shards `part-<prefix>-<n>.parquet` under
+    `uri`. Use one prefix per concurrent writer. Rows still buffered when the `with`
+    block raises are dropped, not written: the task that failed is re-run."""
+
+    def __init__(self, uri: str, prefix: str, options: ShardOptions = ShardOptions(), s3: S3Options | None = None):
+        if not prefix or "/" in prefix or is_hidden(prefix):
+            raise ValueError(f"shard prefix {prefix!r} must be a plain name not starting with '.' or '_'")
+        if options.max_rows < 1 or options.max_bytes < 1:
+            raise ValueError(f"shard bounds must be positive: {options}")
+        self.uri, self.prefix, self.options, self.s3 = uri, prefix, options, s3
+        self.written: list[str] = []
+        self._pending: list[pa.Table] = []
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+
+    def _pending_rows(self) -> int:
+        return sum(t.num_rows for t in self._pending)
+
+    def _pending_bytes(self) -> int:
+        return sum(t.nbytes for t in self._pending)
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if table.num_rows:
+            self._pending.append(table)
+        while self._pending and (
+            self._pending_rows() >= self.options.max_rows or self._pending_bytes() >= self.options.max_bytes
+        ):
+            self._emit()
+
+    def close(self) -> list[str]:
+        """Write what is buffered, then remove this prefix's shards beyond the last one
+        written (left by an earlier run of the task that wrote more); -> URIs written."""
+        while self._pending:
+            self._emit()
+        self._remove_stale()
+        return self.written
+
+    def _remove_stale(self) -> None:
+        fs, folder = resolve(self.uri, self.s3)
+        fs.invalidate_cache(folder)
+        if not fs.isdir(folder):
+            return
+        own = re.compile(rf"part-{re.escape(self.prefix)}-(\d+)\.parquet")
+        for path in fs.ls(folder, detail=False):
+            match = own.fullmatch(posixpath.basename(path))
+            if match and int(match.group(1)) >= len(self.written):
+                log.info("removing %s, left by an earlier run of writer %r", path, self.prefix)
+                fs.rm_file(path)
+
+    def _emit(self) -> None:
+        """Write the first shard's worth of buffered rows, keep the rest buffered."""
+        buffered = pa.concat_tables(self._pending, promote_options="default")
+        row_bytes = max(1, buffered.nbytes // buffered.num_rows)
+        n = max(1, min(self.options.max_rows, self.options.max_bytes // row_bytes, buffered.num_rows))
+        self._write_shard(buffered.slice(0, n))
+        rest = buffered.slice(n)
+        self._pending = [rest] if rest.num_rows else []
+
+    def _write_shard(self, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression=self.options.compression)
+        data = buf.getvalue()
+        if len(data) > self.options.max_bytes and table.num_rows > 1:
+            half = table.num_rows // 2
+            self._write_shard(table.slice(0, half))
+            self._write_shard(table.slice(half))
+            return
+        if len(data) > self.options.max_bytes:
+            log.warning("one row is %d bytes, over the shard bound of %d: written alone", len(data), self.options.max_bytes)
+        uri = join(self.uri, shard_name(self.prefix, len(self.written)))
+        write_bytes_atomic(uri, data, self.s3)
+        self.written.append(uri)
+        log.debug("wrote shard %s (%d rows, %d bytes)", uri, table.num_rows, len(data))
+
+
+def list_shards(uri: str, s3: S3Options | None = None) -> list[str]:
+    """Sorted URIs of the data shards under `uri` (a folder or one .parquet file)."""
+    return list_files(uri, (".parquet",), s3)
+
+
+def read_table(
+    uri: str, columns: Sequence[str] | None = None, filter: pc.Expression | None = None, s3: S3Options | None = None
+) -> pa.Table:
+    """All shards under `uri` as one table (schemas unified: a column missing from some
+    shards reads as null there), optionally only `columns` and rows matching `filter`,
+    e.g. `pc.field("prompt") == "speech"`. A folder with no shards -> a table with no
+    columns; a missing `uri` raises FileNotFoundError."""
+    uris = list_shards(uri, s3)
+    if not uris:
+        return pa.table({})
+    fs, _ = resolve(uri, s3)
+    paths = [resolve(u, s3)[1] for u in uris]
+    dataset = ds.dataset(paths, filesystem=fs, format="parquet")
+    schema = pa.unify_schemas([f.physical_schema for f in dataset.get_fragments()], promote_options="permissive")
+    return dataset.replace_schema(schema).to_table(columns=columns, filter=filter)
+
+
+def iter_shards(
+    uri: str, columns: Sequence[str] | None = None, s3: S3Options | None = None
+) -> Iterator[tuple[str, pa.Table]]:
+    """(shard URI, table) for each shard under `uri`, one at a time, in name order."""
+    fs, _ = resolve(uri, s3)
+    for shard in list_shards(uri, s3):
+        yield shard, pq.read_table(resolve(shard, s3)[1], filesystem=fs, columns=columns)
+
+
+def write_errors(
+    output_uri: str,
+    rows: Sequence[Mapping[str, Any]],
+    prefix: str,
+    options: ShardOptions = ShardOptions(),
+    s3: S3Options | None = None,
+) -> list[str]:
+    """Write error rows (`schema.ERRORS_SCHEMA`; `id`, `stage`, `prompt` may be left out)
+    into `<output_uri>/_errors/`; -> shard URIs."""
+    if not rows:
+        return []
+    optional = dict.fromkeys(("id", "stage", "prompt"))
+    with ShardWriter(join(output_uri, ERRORS_DIR), prefix, options, s3) as writer:
+        writer.write(table_from_rows([{**optional, **row} for row in rows], ERRORS_SCHEMA))
+    return writer.written
+
+
+def read_errors(output_uri: str, s3: S3Options | None = None) -> pa.Table:
+    """Every error row written beside `output_uri` (none yet: an empty errors table)."""
+    errors_uri = join(output_uri, ERRORS_DIR)
+    if not exists(errors_uri, s3):
+        return ERRORS_SCHEMA.empty_table()
+    return read_table(errors_uri, s3=s3)

@@ -1,0 +1,32 @@
+"""Shared fixtures. S3 tests run against moto's S3 server on loopback (as s3fs tests itself)."""
+import uuid
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3 endpoint; the AWS env vars point at it for the rest of the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_REGION", "us-east-1")
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket: yields its URI, `s3://<name>`."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"
