@@ -17,7 +17,7 @@ class RayOptions:
     address: str | None = None  # None: embedded local Ray; "auto" or ray://host:10001 for a cluster
     num_actors: int = 1
     num_gpus_per_actor: float = 0.0  # >0 puts each actor on a GPU
-    num_cpus_per_actor: float = 1.0
+    num_cpus_per_actor: float = 2.0  # also the actor's torch threads
     batch_size: int = 16  # clips per actor call
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import resource
 import time
 from dataclasses import dataclass, field
 
@@ -60,7 +62,7 @@ class SeparateBatch:
     """Ray Data callable class: set up once per actor, then separate batches of rows."""
 
     def __init__(self, masker: bytes, tables: bytes, prompts: list[str], embeddings: np.ndarray,
-                 separator: SeparatorConfig, use_gpu: bool, tally=None):
+                 separator: SeparatorConfig, use_gpu: bool, cpu_threads: int, tally=None):
         import ray
         import torch
 
@@ -68,6 +70,7 @@ class SeparateBatch:
         from storage.schema import CodecSpec
 
         masker, tables = ray.get([masker, tables])  # shipped once through the object store
+        torch.set_num_threads(cpu_threads)  # Ray pins OMP threads to 1 in workers by default
         device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.separator = Separator(CodecTables.load(tables), load_masker(masker).to(device), separator)
         info = self.separator.tables.info
@@ -99,7 +102,8 @@ class SeparateBatch:
         if self.tally is not None:
             audio_s = float(np.sum(np.asarray(batch.take(good)["n_samples"]) / np.asarray(batch.take(good)["sample_rate"]))) if good else 0.0
             self.tally.add.remote(rows=batch.num_rows, good=len(good), errors=len(bad), audio_s=audio_s,
-                                  validate_s=t1 - t0, separate_s=t2 - t1, assemble_s=time.perf_counter() - t2)
+                                  validate_s=t1 - t0, separate_s=t2 - t1, assemble_s=time.perf_counter() - t2,
+                                  peak_actor_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return out
 
     def _separate(self, rows: pa.Table, codes: list[np.ndarray]):
@@ -161,7 +165,8 @@ def _tally_actor():
 
         def add(self, **values):
             for k, v in values.items():
-                self.totals[k] = self.totals.get(k, 0) + v
+                merge = max if k.startswith("peak_") else (lambda a, b: a + b)
+                self.totals[k] = merge(self.totals.get(k, 0), v)
 
         def get(self):
             return self.totals
@@ -176,14 +181,14 @@ def resolve_embeddings(cfg: SeparateConfig) -> np.ndarray:
         from storage.prompt_table import read_prompt_table
 
         table = read_prompt_table(cfg.prompt_table)
-        found = {p: table[p] for p in cfg.prompts if p in table}
+        known = [p for p in cfg.prompts if p in table.prompts]
+        found = dict(zip(known, table.vectors(known)))
     missing = [p for p in cfg.prompts if p not in found]
     if missing:
         from codecsep_core.prompt_encoder import PromptEncoder
 
         log.info("embedding %d prompt(s) with CLAP: %s", len(missing), missing)
-        vectors = PromptEncoder(cfg.clap_checkpoint).encode(missing).numpy()
-        found.update(zip(missing, vectors))
+        found.update(zip(missing, PromptEncoder(cfg.clap_checkpoint).encode(missing).numpy()))
     return np.stack([np.asarray(found[p], np.float32) for p in cfg.prompts])
 
 
@@ -236,25 +241,24 @@ def write_shard_errors(output: str, errors: list[dict]) -> None:
     """Unreadable-shard errors, one file per shard named after it: a rerun rewrites the
     same file instead of adding a duplicate."""
     import hashlib
-    import io
 
-    import pyarrow.parquet as pq
-
-    from storage.schema import ERRORS_SCHEMA
+    from storage.shards import write_errors
 
     for err in errors:
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist([err], ERRORS_SCHEMA), buf)
-        name = "shard-" + hashlib.sha1(err["source"].encode()).hexdigest()[:16] + ".parquet"
-        sfs.write_bytes_atomic(sfs.join(output, "_errors", name), buf.getvalue())
+        write_errors(output, [err], prefix="shard-" + hashlib.sha1(err["source"].encode()).hexdigest()[:16])
 
 
 def count_rows(uri: str) -> int:
+    """Rows under `uri` from Parquet footers (0 when it does not exist yet)."""
     import pyarrow.parquet as pq
 
+    from storage.shards import list_shards
+
+    if not sfs.exists(uri):
+        return 0
     fs, _ = sfs.resolve(uri)
     total = 0
-    for file in sfs.list_files(uri, [".parquet"]):
+    for file in list_shards(uri):
         with fs.open(sfs.resolve(file)[1], "rb") as f:
             total += pq.ParquetFile(f).metadata.num_rows
     return total
@@ -277,20 +281,21 @@ def run(cfg: SeparateConfig) -> JobReport:
     errors_before = count_rows(sfs.join(cfg.output, "_errors"))
     if files:
         with report.stage("pipeline"):
-            totals = _run_pipeline(cfg, files, masker_bytes, tables_bytes, embeddings)
+            totals = _run_pipeline(cfg, files, n_input_rows, masker_bytes, tables_bytes, embeddings)
         report.audio_hours = totals.get("audio_s", 0.0) / 3600
         report.rows_in = int(totals.get("rows", 0))
         for k in ("validate_s", "separate_s", "assemble_s"):
             report.stages_s["actors_" + k[:-2]] = totals.get(k, 0.0)
+        report.extra["peak_actor_rss_mb"] = round(totals.get("peak_actor_rss_mb", 0.0), 1)
     report.rows_out = count_rows(cfg.output) - rows_before
     report.errors = count_rows(sfs.join(cfg.output, "_errors")) - errors_before + len(shard_errors)
     report.skipped_done = n_input_rows - report.rows_in
     report.wall_s = time.perf_counter() - t_start
-    report.extra = {"prompts": list(cfg.prompts), "output": cfg.output, "shards": len(files)}
+    report.extra.update(prompts=list(cfg.prompts), output=cfg.output, shards=len(files))
     return report
 
 
-def _run_pipeline(cfg: SeparateConfig, files, masker_bytes, tables_bytes, embeddings) -> dict:
+def _run_pipeline(cfg: SeparateConfig, files, n_input_rows, masker_bytes, tables_bytes, embeddings) -> dict:
     ray = init_ray(cfg.ray)
     from ray.data import ActorPoolStrategy, DataContext
     from ray.data.checkpoint import CheckpointConfig
@@ -301,18 +306,23 @@ def _run_pipeline(cfg: SeparateConfig, files, masker_bytes, tables_bytes, embedd
     out_fs, out_path = pyarrow_fs(cfg.output)
     ckpt_fs, ckpt_path = pyarrow_fs(cfg.checkpoint_uri)
     ctx = DataContext.get_current()
+    ctx.use_datasource_v2 = False  # the v2 Parquet reader ignores override_num_blocks (Ray 2.60)
     ctx.checkpoint_config = CheckpointConfig(
         id_column="id", checkpoint_path=ckpt_path, delete_checkpoint_on_success=False,
         override_filesystem=ckpt_fs,
     )
     tally = _tally_actor()
     paths = [sfs.resolve(f)[1] for f in files]
-    ds = ray.data.read_parquet(paths, filesystem=in_fs, include_paths=True)
+    # One block per actor batch, so that output is written (and checkpointed) as the job
+    # goes instead of at the end of one large read block.
+    n_blocks = max(len(paths), math.ceil(n_input_rows / cfg.ray.batch_size))
+    ds = ray.data.read_parquet(paths, filesystem=in_fs, include_paths=True, override_num_blocks=n_blocks)
     ds = ds.map_batches(
         SeparateBatch,
         fn_constructor_kwargs=dict(
             masker=ray.put(masker_bytes), tables=ray.put(tables_bytes), prompts=list(cfg.prompts),
-            embeddings=embeddings, separator=cfg.separator, use_gpu=cfg.ray.num_gpus_per_actor > 0, tally=tally,
+            embeddings=embeddings, separator=cfg.separator, use_gpu=cfg.ray.num_gpus_per_actor > 0,
+            cpu_threads=max(1, int(cfg.ray.num_cpus_per_actor)), tally=tally,
         ),
         batch_size=cfg.ray.batch_size,
         batch_format="pyarrow",
@@ -357,13 +367,14 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from codecsep_core.prompt_encoder import PromptEncoderUnavailable
+
     try:
-        cfg = parse_args(argv)
-        cfg.check()
-    except ValueError as e:
-        print(f"codecsep separate: {e}")
+        report = run(parse_args(argv))
+    except (ValueError, FileNotFoundError, PromptEncoderUnavailable) as e:
+        print(f"codecsep separate: error: {e}")
         return 2
-    run(cfg).emit()
+    report.emit()
     return 0
 
 

@@ -30,3 +30,34 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+DAC16_KWARGS = dict(
+    encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, decoder_rates=[8, 5, 4, 2],
+    sample_rate=16000, n_codebooks=12, codebook_size=1024, codebook_dim=8,
+)
+
+
+@pytest.fixture(scope="session")
+def dac16():
+    """A DAC 16 kHz of the real architecture with random weights (none can be downloaded here)."""
+    import dac
+    import torch
+
+    torch.manual_seed(0)
+    return dac.DAC(**DAC16_KWARGS).eval()
+
+
+@pytest.fixture(scope="session")
+def dac16_checkpoint(dac16, tmp_path_factory):
+    """Saved as DAC saves it: loadable by `dac.DAC.load` and DAC's CLI `--weights_path`."""
+    path = tmp_path_factory.mktemp("dac") / "dac16_random.pth"
+    dac16.save(str(path), package=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tables(dac16_checkpoint):
+    from codecsep_core import CodecTables
+
+    return CodecTables.from_dac_checkpoint(dac16_checkpoint)

@@ -1,0 +1,191 @@
+"""The main job end to end: real local Ray, real Parquet, a loopback S3 server (moto),
+a random-weight masker and codec tables of the real architectures."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from codecsep_core import Masker, MaskerConfig, Separator, masker_to_bytes
+from jobs.separate import SeparateConfig, run
+from storage import fs as sfs
+from storage.prompt_table import PromptTable, write_prompt_table
+from storage.schema import codes_to_arrow, codes_to_numpy
+from storage.shards import read_errors, read_table
+
+PROMPTS = ["speech", "dog barking", "rain"]
+
+
+@pytest.fixture(scope="module")
+def models(tables):
+    torch.manual_seed(0)
+    return {"tiny": Masker(MaskerConfig.preset("tiny")).eval(), "paper": Masker(MaskerConfig.preset("paper")).eval()}
+
+
+@pytest.fixture(scope="module")
+def embeddings():
+    g = torch.Generator().manual_seed(7)
+    return torch.nn.functional.normalize(torch.randn(len(PROMPTS), 512, generator=g), dim=-1)
+
+
+def shard(ids, codes, codec="dac_16khz", extra=True):
+    cols = {
+        "id": pa.array(ids, pa.string()),
+        "codes": codes_to_arrow(codes),
+        "codec": pa.array([codec] * len(ids), pa.string()),
+        "sample_rate": pa.array([16000] * len(ids), pa.int32()),
+        "n_samples": pa.array([c.shape[1] * 320 for c in codes], pa.int64()),
+    }
+    if extra:
+        cols["speaker"] = pa.array([f"spk{i % 3}" for i in range(len(ids))])
+    return pa.table(cols)
+
+
+def put_table(uri, table):
+    import io
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    sfs.write_bytes_atomic(uri, buf.getvalue())
+
+
+def rand_codes(n_frames, seed, n_q=12, high=1024):
+    return np.random.default_rng(seed).integers(0, high, (n_q, n_frames)).astype(np.uint16)
+
+
+def setup_job(root, tables, masker, embeddings, shards, **overrides):
+    """Models, prompt table and input shards under `root` (any URI) -> a SeparateConfig."""
+    sfs.write_bytes_atomic(sfs.join(root, "models/masker.safetensors"), masker_to_bytes(masker))
+    sfs.write_bytes_atomic(sfs.join(root, "models/tables.safetensors"), tables.to_bytes())
+    write_prompt_table(sfs.join(root, "prompts.parquet"), PromptTable(tuple(PROMPTS), embeddings.numpy(), "test"))
+    for name, table in shards.items():
+        put_table(sfs.join(root, "in", name), table)
+    return SeparateConfig(
+        input=sfs.join(root, "in"), output=sfs.join(root, "out"), prompts=list(PROMPTS),
+        masker=sfs.join(root, "models/masker.safetensors"), codec_tables=sfs.join(root, "models/tables.safetensors"),
+        prompt_table=sfs.join(root, "prompts.parquet"), **overrides,
+    )
+
+
+def assert_exactly_once(output, expected_ids):
+    out = read_table(output, columns=["id", "prompt"])
+    pairs = list(zip(out["id"].to_pylist(), out["prompt"].to_pylist()))
+    assert len(pairs) == len(set(pairs)), "duplicate (id, prompt) rows"
+    assert set(pairs) == {(i, p) for i in expected_ids for p in PROMPTS}
+
+
+def test_end_to_end_on_s3_matches_the_in_process_separator(ray_session, s3_bucket, tables, models, embeddings):
+    lengths = [1, 37, 500, 1234, 80, 260]
+    codes = {f"clip{i:02d}": rand_codes(n, i) for i, n in enumerate(lengths)}
+    ids = list(codes)
+    shards = {"a/part-0.parquet": shard(ids[:3], [codes[i] for i in ids[:3]]),
+              "b/part-1.parquet": shard(ids[3:], [codes[i] for i in ids[3:]])}
+    cfg = setup_job(s3_bucket, tables, models["tiny"], embeddings, shards)
+
+    report = run(cfg)
+
+    assert (report.rows_in, report.rows_out, report.errors) == (6, 6 * 3, 0)
+    assert report.audio_hours == pytest.approx(sum(lengths) * 320 / 16000 / 3600)
+    assert_exactly_once(cfg.output, ids)
+    out = read_table(cfg.output)
+    assert set(out["speaker"].to_pylist()) == {"spk0", "spk1", "spk2"}  # extra columns pass through
+    sep = Separator(tables, models["tiny"])
+    for clip_id in ids:
+        expected = sep.separate([torch.from_numpy(codes[clip_id].astype(np.int64))], embeddings)[0]
+        for p, prompt in enumerate(PROMPTS):
+            row = out.filter(pc.and_(pc.equal(out["id"], clip_id), pc.equal(out["prompt"], prompt)))
+            got = codes_to_numpy(row["codes"][0])
+            assert got.shape == (12, codes[clip_id].shape[1])
+            assert (got == expected.codes[p].numpy()).mean() >= 0.999
+            assert row["energy_kept"][0].as_py() == pytest.approx(expected.scores["energy_kept"][p].item(), rel=1e-3)
+            assert row["mask_mean"][0].as_py() == pytest.approx(expected.scores["mask_mean"][p].item(), rel=1e-3, abs=1e-6)
+    speech = read_table(cfg.output, filter=pc.field("prompt") == "speech")
+    assert sorted(speech["id"].to_pylist()) == ids
+
+
+def test_bad_rows_of_each_kind_land_in_errors_and_good_rows_land(ray_session, tmp_path, tables, models, embeddings):
+    good = {f"good{i}": rand_codes(50 + i, i) for i in range(4)}
+    bad_rows = shard(
+        ["bad_nq", "bad_range", "bad_empty"],
+        [rand_codes(30, 1, n_q=9), np.full((12, 30), 2000, np.uint16), np.zeros((12, 0), np.uint16)],
+    )
+    wrong_codec = shard(["bad_codec"], [rand_codes(30, 2)], codec="dac_44khz")
+    ragged = pa.table({"id": ["bad_ragged"], "codes": pa.array([[[1, 2, 3], [4, 5]]], pa.list_(pa.list_(pa.uint16()))),
+                       "codec": ["dac_16khz"], "sample_rate": pa.array([16000], pa.int32()),
+                       "n_samples": pa.array([960], pa.int64())})
+    ids = list(good)
+    shards = {"good.parquet": shard(ids, list(good.values())),
+              "mixed.parquet": pa.concat_tables([bad_rows, wrong_codec, ragged], promote_options="default")}
+    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, shards)
+    (tmp_path / "in" / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+
+    report = run(cfg)
+
+    assert_exactly_once(cfg.output, ids)
+    errors = read_errors(cfg.output).to_pylist()
+    reasons = {e["id"]: e["reason"] for e in errors}
+    assert "wrong number of codebooks: 9" in reasons["bad_nq"]
+    assert "out of range" in reasons["bad_range"]
+    assert "empty clip" in reasons["bad_empty"]
+    assert "wrong codec 'dac_44khz'" in reasons["bad_codec"]
+    assert "malformed codes" in reasons["bad_ragged"]
+    unreadable = [e for e in errors if e["id"] is None]
+    assert len(unreadable) == 1 and unreadable[0]["source"].endswith("broken.parquet")
+    assert "unreadable shard" in unreadable[0]["reason"]
+    assert all(e["source"].endswith("mixed.parquet") for e in errors if e["id"])
+    assert report.errors == 6 and report.rows_out == len(ids) * 3
+
+
+def test_rerun_over_a_grown_archive_processes_only_new_clips(ray_session, tmp_path, tables, models, embeddings):
+    first = {f"old{i}": rand_codes(40, i) for i in range(5)}
+    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p0.parquet": shard(list(first), list(first.values()))})
+    assert run(cfg).rows_in == 5
+    files_before = set(sfs.list_files(cfg.output, [".parquet"]))
+
+    again = run(cfg)
+    assert (again.rows_in, again.rows_out, again.skipped_done) == (0, 0, 5)
+
+    new = {f"new{i}": rand_codes(60, 100 + i) for i in range(3)}
+    put_table(sfs.join(cfg.input, "p1.parquet"), shard(list(new), list(new.values())))
+    grown = run(cfg)
+
+    assert (grown.rows_in, grown.rows_out, grown.skipped_done) == (3, 9, 5)
+    assert files_before <= set(sfs.list_files(cfg.output, [".parquet"]))  # old output untouched
+    assert_exactly_once(cfg.output, list(first) + list(new))
+
+
+def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_session, tmp_path, tables, models, embeddings):
+    """kill -9 of the driver's whole process group (driver, raylet, workers) mid-write,
+    like a lost machine; the same command again must finish the work exactly once."""
+    clips = {f"c{i:03d}": rand_codes(500, i) for i in range(24)}
+    ids = list(clips)
+    shards = {f"p{k}.parquet": shard(ids[k::4], [clips[i] for i in ids[k::4]]) for k in range(4)}
+    cfg = setup_job(str(tmp_path), tables, models["paper"], embeddings, shards)
+    cmd = [sys.executable, "-m", "jobs.separate", "--input", cfg.input, "--output", cfg.output,
+           "--masker", cfg.masker, "--codec-tables", cfg.codec_tables, "--prompt-table", cfg.prompt_table,
+           "--batch-size", "2", "min_rows_per_file=1"] + [a for p in PROMPTS for a in ("--prompt", p)]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out_dir = tmp_path / "out"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out_dir.glob("*.parquet")):
+        assert proc.poll() is None, "job ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = read_table(cfg.output, columns=["id"]).num_rows if list(out_dir.glob("*.parquet")) else 0
+    assert 0 < written < len(ids) * len(PROMPTS), "the kill must land mid-job"
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert_exactly_once(cfg.output, ids)
+    summary = [line for line in done.stdout.splitlines() if line.startswith("separate:")][0]
+    assert "0 errors" in summary
