@@ -1,0 +1,461 @@
+"""`codecsep train DATA OUTPUT`: train the masker in code space on a Ray cluster (Ray Train).
+
+DATA is what `prepare-train` wrote (DATA/train, DATA/val). The codec stays frozen: the
+default loss (negative latent SNR of M * Z_mix against Z_target) needs only the codec
+tables; `loss=sisdr` is the published negative SI-SDR through the frozen DAC decoder.
+
+The driver embeds every prompt once (CLAP, or with `fixed_prompts_if_offline=true` and
+no CLAP weights, deterministic per-prompt vectors, said plainly in the output) and
+stores them as OUTPUT/prompts.parquet, exports OUTPUT/codec_tables.safetensors, then
+runs a `TorchTrainer` whose workers read their data shard through Ray Data.
+
+OUTPUT (any URI) gets checkpoints/step-<n>.safetensors (masker + AdamW state, no
+pickle) every `checkpoint_every` steps, the validation history of each call in
+metrics-from-<start step>.json, and masker.safetensors at the end, which `separate`
+and `evaluate` load. A rerun, or a worker restarted by Ray Train, resumes
+from the latest checkpoint; validation loss and latent SNR are logged and reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import posixpath
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jobs import config as job_config
+from jobs.ingest import split_positionals
+from jobs.runtime import JobReport, RayOptions, init_ray, setup_logging
+from storage import fs as sfs
+from storage import shards
+
+log = logging.getLogger("codecsep.train")
+
+LOSSES = ("latent", "sisdr")
+FIXED_ENCODER = "fixed-random-unit-vectors:sha256"
+CHECKPOINT_NAME = re.compile(r"step-(\d+)\.safetensors")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = 1.5e-4
+    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
+    weight_decay: float = 0.01
+    grad_clip: float = 10.0  # global gradient norm; 0 disables
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str | None = None
+    output: str | None = None
+    preset: str = "paper"  # masker preset: paper | tiny
+    loss: str = "latent"  # latent | sisdr (needs codec_weights)
+    codec_tables: str | None = None
+    codec_weights: str | None = None  # DAC checkpoint; tables exported from it; the sisdr loss decodes with it
+    prompt_table: str | None = None  # reuse these vectors; prompts missing from it are embedded
+    clap_checkpoint: str | None = None
+    fixed_prompts_if_offline: bool = False  # no CLAP weights: fixed per-prompt vectors instead of an error
+    segment_frames: int = 100  # training window (2 s at 50 frames/s, as published)
+    max_steps: int = 100_000
+    val_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    seed: int = 0
+    cache_data: bool = True  # keep each worker's data shard in memory after the first epoch
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    ray: RayOptions = field(default_factory=RayOptions)  # num_actors: training workers; batch_size: per worker
+    ray_storage_path: str | None = None  # Ray Train's run folder (null: a local temporary folder)
+
+    def check(self) -> None:
+        missing = [k for k in ("data", "output") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"missing setting(s): {', '.join(missing)} (codecsep train DATA OUTPUT)")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss == "sisdr" and not self.codec_weights:
+            raise ValueError("loss=sisdr decodes with the DAC decoder: set codec_weights")
+        if min(self.segment_frames, self.max_steps, self.val_every, self.checkpoint_every, self.ray.batch_size) < 1:
+            raise ValueError("segment_frames, max_steps, val_every, checkpoint_every, ray.batch_size must be positive")
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dir(output: str) -> str:
+    return sfs.join(output, "checkpoints")
+
+
+def latest_checkpoint(output: str) -> tuple[int, str] | None:
+    """(step, URI) of the newest complete checkpoint (files appear whole: atomic writes)."""
+    folder = checkpoint_dir(output)
+    if not sfs.exists(folder):
+        return None
+    found = [(int(m.group(1)), u) for u in sfs.list_files(folder, [".safetensors"])
+             if (m := CHECKPOINT_NAME.fullmatch(posixpath.basename(u)))]
+    return max(found) if found else None
+
+
+def save_checkpoint(output: str, data: bytes, step: int, keep: int) -> str:
+    uri = sfs.join(checkpoint_dir(output), f"step-{step:09d}.safetensors")
+    sfs.write_bytes_atomic(uri, data)
+    fs, _ = sfs.resolve(output)
+    old = sorted(sfs.list_files(checkpoint_dir(output), [".safetensors"]))[:-keep] if keep > 0 else []
+    for u in old:
+        fs.rm_file(sfs.resolve(u)[1])
+    return uri
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def distinct_prompts(data: str) -> list[str]:
+    prompts: set[str] = set()
+    for split in ("train", "val"):
+        uri = sfs.join(data, split)
+        if sfs.exists(uri):
+            table = shards.read_table(uri, columns=["prompt"])
+            if table.num_rows:
+                prompts.update(table["prompt"].to_pylist())
+    return sorted(prompts)
+
+
+def build_prompt_table(prompts: list[str], known, clap_checkpoint: str | None, fixed_if_offline: bool):
+    """A PromptTable for `prompts`: vectors from `known` where it has them, others from CLAP,
+    or (CLAP unavailable and allowed) fixed per-prompt vectors."""
+    from codecsep_core.prompt_encoder import PromptEncoder, PromptEncoderUnavailable
+    from codecsep_core.training import fixed_prompt_vectors
+    from storage.prompt_table import PromptTable
+
+    have = dict(zip(known.prompts, known.embeddings)) if known is not None else {}
+    encoder = known.encoder if known is not None else None
+    missing = [p for p in prompts if p not in have]
+    if missing:
+        try:
+            clap = PromptEncoder(clap_checkpoint)
+            vectors, encoder_name = clap.encode(missing).numpy(), clap.name
+        except PromptEncoderUnavailable as e:
+            if not fixed_if_offline:
+                raise PromptEncoderUnavailable(f"{e} (or set fixed_prompts_if_offline=true to train on fixed "
+                                               "per-prompt vectors instead of CLAP embeddings)") from e
+            log.warning("CLAP unavailable: prompts get FIXED RANDOM VECTORS, not CLAP embeddings; the masker "
+                        "will only understand the exact training prompts (%s)", e)
+            vectors, encoder_name = fixed_prompt_vectors(missing), FIXED_ENCODER
+        if encoder is not None and encoder_name is not None and encoder != encoder_name:
+            raise ValueError(f"the prompt table's vectors come from {encoder}, new ones would come from {encoder_name}")
+        have.update(zip(missing, vectors))
+        encoder = encoder or encoder_name
+    return PromptTable(tuple(prompts), np.stack([have[p] for p in prompts]).astype(np.float32), encoder)
+
+
+def prepare_prompts(cfg: TrainConfig):
+    """The run's prompt table: OUTPUT/prompts.parquet (kept across resumes) <- cfg.prompt_table
+    <- new embeddings; written back to OUTPUT/prompts.parquet."""
+    from storage.prompt_table import read_prompt_table, write_prompt_table
+
+    uri = sfs.join(cfg.output, "prompts.parquet")
+    source = uri if sfs.exists(uri) else cfg.prompt_table
+    known = read_prompt_table(source) if source else None
+    table = build_prompt_table(distinct_prompts(cfg.data), known, cfg.clap_checkpoint, cfg.fixed_prompts_if_offline)
+    write_prompt_table(uri, table)
+    return table
+
+
+def prepare_tables(cfg: TrainConfig) -> str:
+    from codecsep_core import CodecTables
+
+    if cfg.codec_tables:
+        data = sfs.read_bytes(cfg.codec_tables)
+    elif cfg.codec_weights:
+        data = CodecTables.from_dac_checkpoint(sfs.read_bytes(cfg.codec_weights)).to_bytes()
+    else:
+        from codecsep_core.dac_codec import load_dac
+
+        log.info("no codec tables or weights given: using DAC's official 16 kHz model")
+        data = CodecTables.from_dac_model(load_dac(None)).to_bytes()
+    uri = sfs.join(cfg.output, "codec_tables.safetensors")
+    sfs.write_bytes_atomic(uri, data)
+    return uri
+
+
+# --------------------------------------------------------------------------- worker
+
+
+class _Data:
+    """Training batches from the worker's Ray Data shard, collated with `training.collate`.
+    With `cache`, the shard is streamed once and kept in worker memory (codes are small:
+    ~1.2 kB per second of audio), then reshuffled locally each epoch; without it every
+    epoch streams the shard again (datasets larger than a worker's memory)."""
+
+    def __init__(self, shard, prompts: dict, segment_frames: int, batch_size: int, hop: int, with_audio: bool,
+                 cache: bool):
+        self.shard, self.prompts, self.segment_frames = shard, prompts, segment_frames
+        self.batch_size, self.hop, self.with_audio = batch_size, hop, with_audio
+        self.cache = cache
+        self._table = None
+
+    def _tables(self, rng: np.random.Generator, shuffle: bool):
+        import pyarrow as pa
+
+        if not self.cache:
+            kwargs = {"local_shuffle_buffer_size": 4 * self.batch_size,
+                      "local_shuffle_seed": int(rng.integers(2**31))} if shuffle else {}
+            yield from self.shard.iter_batches(batch_size=self.batch_size, batch_format="pyarrow", **kwargs)
+            return
+        if self._table is None:
+            self._table = pa.concat_tables(self.shard.iter_batches(batch_size=None, batch_format="pyarrow"))
+        n = self._table.num_rows
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        for i in range(0, n, self.batch_size):
+            yield self._table.take(order[i : i + self.batch_size])
+
+    def batches(self, rng: np.random.Generator, shuffle: bool):
+        from codecsep_core.training import collate
+        from storage.schema import codes_column_to_numpy
+
+        for b in self._tables(rng, shuffle):
+            cond = np.stack([self.prompts[p] for p in b["prompt"].to_pylist()])
+            audio = [np.asarray(a, np.float32) for a in b["target_audio"].to_pylist()] if self.with_audio else None
+            yield collate(codes_column_to_numpy(b["mix_codes"]), codes_column_to_numpy(b["target_codes"]), cond,
+                          self.segment_frames, rng, audio, self.hop)
+
+
+def _loss_fn(cfg: dict, device):
+    """-> loss(masker, tables, batch) for the configured loss."""
+    from codecsep_core import training
+
+    if cfg["loss"] == "latent":
+        return training.latent_loss
+    from codecsep_core.dac_codec import load_dac
+
+    dac = load_dac(sfs.read_bytes(cfg["codec_weights"])).to(device)
+    for p in dac.parameters():
+        p.requires_grad_(False)
+
+    def loss(masker, tables, batch):
+        return training.sisdr_loss(masker, tables, batch, dac.decode)
+
+    return loss
+
+
+def train_loop(cfg: dict) -> None:
+    """Ray Train worker: resume from the latest checkpoint, train, validate, checkpoint."""
+    import ray.train
+    import torch
+    from ray.train.torch import prepare_model
+
+    from codecsep_core import CodecTables, Masker, MaskerConfig, masker_to_bytes, training
+
+    setup_logging()
+    torch.set_num_threads(max(1, int(cfg["threads"])))
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = torch.device("cuda" if cfg["use_gpu"] and torch.cuda.is_available() else "cpu")
+    tables = CodecTables.load(sfs.read_bytes(cfg["tables"])).to(device)
+    torch.manual_seed(cfg["seed"])  # initial weights and dropout: a run is repeatable
+    masker = Masker(MaskerConfig.preset(cfg["preset"]))
+    latest = latest_checkpoint(cfg["output"])
+    state, step = None, 0
+    if latest is not None:
+        ckpt = training.checkpoint_from_bytes(sfs.read_bytes(latest[1]))
+        masker.load_state_dict(ckpt.masker.state_dict())
+        state, step = ckpt.optimizer_state, ckpt.step
+        log.info("resuming from checkpoint %s (step %d)", latest[1], step)
+    resumed_from = step
+    model = prepare_model(masker) if ctx.get_world_size() > 1 else masker.to(device)
+    opt = cfg["optimizer"]
+    optimizer = training.make_optimizer(masker, opt["lr"], opt["betas"], opt["weight_decay"])
+    if state is not None:
+        optimizer.load_state_dict(state)
+    loss_of = _loss_fn(cfg, device)
+    prompts = dict(zip(cfg["prompts"], np.asarray(cfg["embeddings"], np.float32)))
+    hop = tables.info.hop_length
+    with_audio = cfg["loss"] == "sisdr" and cfg["has_audio"]
+
+    def to_device(b):
+        return training.Batch(*(t.to(device) if t is not None else None for t in
+                                (b.mix_codes, b.target_codes, b.valid, b.cond, b.target_audio)))
+
+    args = (prompts, cfg["segment_frames"], cfg["batch_size"], hop, with_audio, cfg["cache_data"])
+    train_data = _Data(ray.train.get_dataset_shard("train"), *args)
+    val_data = _Data(ray.train.get_dataset_shard("val"), *args) if cfg["has_val"] else None
+    history = []
+    rng = np.random.default_rng([cfg["seed"], step, rank])  # a resumed run draws new crops
+    t0, running = time.perf_counter(), []
+    while step < cfg["max_steps"]:
+        for batch in train_data.batches(rng, shuffle=True):
+            b = to_device(batch)
+            stats = training.train_step(model, optimizer, lambda: loss_of(model, tables, b),
+                                        opt["grad_clip"] or None)
+            step += 1
+            running.append(stats["loss"])
+            if step % cfg["log_every"] == 0:
+                log.info("step %d: train loss %.3f (%.2f s/step)", step, np.mean(running), (time.perf_counter() - t0) / len(running))
+                t0, running = time.perf_counter(), []
+            last = step >= cfg["max_steps"]
+            if step % cfg["val_every"] == 0 or last:
+                metrics = {"step": step, "resumed_from": resumed_from, "train_loss": float(stats["loss"])}
+                if val_data is not None:
+                    metrics.update(_validate(model, tables, loss_of, val_data, to_device))
+                    log.info("step %d: val loss %.3f, val latent SNR %.2f dB", step, metrics["val_loss"], metrics["val_latent_snr"])
+                ray.train.report(metrics)
+                if rank == 0:
+                    history.append(metrics)
+                    sfs.write_bytes_atomic(sfs.join(cfg["output"], f"metrics-from-{resumed_from:09d}.json"),
+                                           json.dumps(history, indent=1).encode())
+            if rank == 0 and (step % cfg["checkpoint_every"] == 0 or last):
+                uri = save_checkpoint(cfg["output"], training.checkpoint_to_bytes(masker, optimizer, step), step, cfg["keep_checkpoints"])
+                log.info("step %d: checkpoint %s", step, uri)
+            if last:
+                break
+    if rank == 0:
+        sfs.write_bytes_atomic(sfs.join(cfg["output"], "masker.safetensors"), masker_to_bytes(masker))
+
+
+def _validate(model, tables, loss_of, data: _Data, to_device) -> dict:
+    """Mean loss and latent SNR over the validation shard (fixed crops, eval mode)."""
+    import torch
+
+    from codecsep_core import training
+
+    model.eval()
+    losses, snrs = [], []
+    with torch.no_grad():
+        for batch in data.batches(np.random.default_rng(0), shuffle=False):
+            b = to_device(batch)
+            losses.append(float(loss_of(model, tables, b)))
+            z_hat, z_t = training.separate_latent(model, tables, b)
+            snrs += training.latent_snr(z_hat, z_t, b.valid).tolist()
+    model.train()
+    return {"val_loss": float(np.mean(losses)), "val_latent_snr": float(np.mean(snrs))}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def read_split(ray, uri: str, with_audio: bool):
+    from jobs.separate import pyarrow_fs
+
+    columns = ["prompt", "mix_codes", "target_codes"] + (["target_audio"] if with_audio else [])
+    fs, _ = pyarrow_fs(uri)
+    return ray.data.read_parquet([sfs.resolve(u)[1] for u in shards.list_shards(uri)], filesystem=fs, columns=columns)
+
+
+def has_column(uri: str, name: str) -> bool:
+    import pyarrow.parquet as pq
+
+    files = shards.list_shards(uri)
+    if not files:
+        return False
+    fs, path = sfs.resolve(files[0])
+    with fs.open(path, "rb") as f:
+        return name in pq.ParquetFile(f).schema_arrow.names
+
+
+def run(cfg: TrainConfig) -> JobReport:
+    cfg.check()
+    report = JobReport("train")
+    t_start = time.perf_counter()
+    train_uri, val_uri = sfs.join(cfg.data, "train"), sfs.join(cfg.data, "val")
+    if not shards.list_shards(train_uri):
+        raise ValueError(f"no training shards in {train_uri} (run codecsep prepare-train first)")
+    has_val = sfs.exists(val_uri) and bool(shards.list_shards(val_uri))
+    with report.stage("prompts"):
+        table = prepare_prompts(cfg)
+    with report.stage("codec_tables"):
+        tables_uri = prepare_tables(cfg)
+    latest = latest_checkpoint(cfg.output)
+    has_audio = has_column(train_uri, "target_audio")
+    ray = init_ray(cfg.ray)
+    from ray.data import DataContext
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    DataContext.get_current().enable_progress_bars = False
+    with_audio = cfg.loss == "sisdr" and has_audio
+    datasets = {"train": read_split(ray, train_uri, with_audio)}
+    if has_val:
+        datasets["val"] = read_split(ray, val_uri, with_audio)
+    loop_cfg = {
+        "output": cfg.output, "tables": tables_uri, "preset": cfg.preset, "loss": cfg.loss,
+        "codec_weights": cfg.codec_weights, "prompts": list(table.prompts), "embeddings": table.embeddings.tolist(),
+        "segment_frames": cfg.segment_frames, "batch_size": cfg.ray.batch_size, "max_steps": cfg.max_steps,
+        "val_every": cfg.val_every, "checkpoint_every": cfg.checkpoint_every, "keep_checkpoints": cfg.keep_checkpoints,
+        "log_every": cfg.log_every, "seed": cfg.seed, "cache_data": cfg.cache_data, "optimizer": job_config.to_dict(cfg.optimizer),
+        "use_gpu": cfg.ray.num_gpus_per_actor > 0, "threads": cfg.ray.num_cpus_per_actor,
+        "has_val": has_val, "has_audio": has_audio,
+    }
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=loop_cfg, datasets=datasets,
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_actors, use_gpu=cfg.ray.num_gpus_per_actor > 0,
+                                     resources_per_worker={"CPU": cfg.ray.num_cpus_per_actor}),
+        run_config=RunConfig(name=f"codecsep-train-{int(time.time())}",
+                             storage_path=cfg.ray_storage_path or tempfile.gettempdir() + "/codecsep-ray-train"),
+    )
+    with report.stage("fit"):
+        result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    start = latest[0] if latest else 0
+    history = json.loads(sfs.read_bytes(sfs.join(cfg.output, f"metrics-from-{start:09d}.json")))
+    metrics = history[-1]
+    report.rows_in = shards.read_table(train_uri, columns=["id"]).num_rows
+    report.rows_out = int(metrics["step"]) - start  # steps run by this call
+    report.wall_s = time.perf_counter() - t_start
+    report.extra = {
+        "output": cfg.output, "masker": sfs.join(cfg.output, "masker.safetensors"),
+        "prompt_table": sfs.join(cfg.output, "prompts.parquet"), "codec_tables": tables_uri,
+        "prompt_encoder": table.encoder, "resumed_from_step": start, "val_history": history,
+        **{k: metrics[k] for k in ("step", "val_loss", "val_latent_snr", "train_loss") if k in metrics},
+    }
+    return report
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="codecsep train", description=__doc__.splitlines()[0])
+    p.add_argument("args", nargs="*", metavar="DATA OUTPUT [key=value ...]",
+                   help="prepare-train output URI, run output URI, then config overrides")
+    p.add_argument("--config", default=str(job_config.default_config_path("train")))
+    p.add_argument("--preset", help="masker preset: paper | tiny")
+    p.add_argument("--codec-weights", help="DAC checkpoint URI")
+    p.add_argument("--codec-tables", help="codec tables URI")
+    p.add_argument("--fixed-prompts-if-offline", action="store_true", default=None,
+                   help="without CLAP weights, train on fixed per-prompt vectors")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--address", help="Ray address (default: embedded local Ray)")
+    p.add_argument("--workers", type=int, help="Ray Train workers")
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_intermixed_args(argv)
+    paths, overrides = split_positionals(a.args)
+    if len(paths) > 2:
+        p.error(f"expected DATA OUTPUT, got {paths}")
+    setup_logging(a.verbose)
+    data, output = (paths + [None, None])[:2]
+    return job_config.load_config(
+        TrainConfig, a.config, overrides, data=data, output=output, preset=a.preset, codec_weights=a.codec_weights,
+        codec_tables=a.codec_tables, fixed_prompts_if_offline=a.fixed_prompts_if_offline, max_steps=a.max_steps,
+        **{"ray.address": a.address, "ray.num_actors": a.workers},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+        cfg.check()
+    except ValueError as e:
+        print(f"codecsep train: {e}")
+        return 2
+    report = run(cfg)
+    if report.extra.get("prompt_encoder") == FIXED_ENCODER:
+        print("NOTE: CLAP was unavailable: prompts were embedded as FIXED RANDOM VECTORS, not CLAP embeddings.")
+    report.emit()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
