@@ -68,9 +68,12 @@ class CodecTables:
 
     def _derive(self) -> None:
         self.codebooks_normed = F.normalize(self.codebooks, dim=-1)
+        # |c|^2 of every normalised entry, per stage, in the exact form DAC computes it.
+        self.codebook_sq = [cb.pow(2).sum(1, keepdim=True).t() for cb in self.codebooks_normed]
         # lookup(c) = sum_i out_proj_i(codebook_i[c_i]): precompute out_proj of every entry.
         self.projected = torch.einsum("qld,qkd->qkl", self.out_w[..., 0], self.codebooks)
-        self.out_b_sum = self.out_b.sum(0)
+        self.projected_flat = self.projected.reshape(-1, self.projected.shape[-1])
+        self.stage_offsets = torch.arange(self.projected.shape[0], device=self.projected.device) * self.projected.shape[1]
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -176,16 +179,16 @@ class CodecTables:
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, n_q, T] (or [n_q, T]) -> latent [B, latent_dim, T], as DAC's
-        `quantizer.from_codes(codes)[0]`."""
+        `quantizer.from_codes(codes)[0]`. The result is a view of a frames-major buffer,
+        the layout the masker's input projection reads without a copy."""
         squeeze = codes.dim() == 2
         if squeeze:
             codes = codes[None]
-        codes = codes.long()
-        n_q = codes.shape[1]
-        z = self.out_b[:n_q].sum(0)[None, :, None].expand(codes.shape[0], -1, codes.shape[2])
-        z = z.clone()
-        for i in range(n_q):  # n_q gathers of [B, T, latent]; no per-frame Python work
-            z += self.projected[i][codes[:, i]].transpose(1, 2)
+        b, n_q, t = codes.shape
+        # One fused gather-and-sum over all stages (entries of stage i sit at i * size).
+        index = codes.long() + self.stage_offsets[:n_q, None]
+        z = F.embedding_bag(index.transpose(1, 2).reshape(b * t, n_q), self.projected_flat, mode="sum")
+        z = (z + self.out_b[:n_q].sum(0)).view(b, t, -1).transpose(1, 2)
         return z[0] if squeeze else z
 
     def quantize(self, latent: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
@@ -197,9 +200,11 @@ class CodecTables:
         for i in range(n_q):
             z_e = F.conv1d(residual, self.in_w[i], self.in_b[i])  # [B, d, T]
             enc = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
-            cb = self.codebooks_normed[i]
-            dist = enc.pow(2).sum(1, keepdim=True) - 2 * enc @ cb.t() + cb.pow(2).sum(1, keepdim=True).t()
-            idx = (-dist).max(1)[1].view(z_e.shape[0], z_e.shape[2])
+            # DAC's |e|^2 - 2 e.c + |c|^2, in place and in its rounding order (scaling by 2
+            # and negating are exact), so codes stay bit-equal to DAC's.
+            dist = torch.mm(enc, self.codebooks_normed[i].t())
+            dist.mul_(-2).add_(enc.pow(2).sum(1, keepdim=True)).add_(self.codebook_sq[i])
+            idx = dist.argmin(1).view(z_e.shape[0], z_e.shape[2])
             z_q = F.embedding(idx, self.codebooks[i]).transpose(1, 2)
             z_q = z_e + (z_q - z_e)  # DAC's straight-through expression, kept for bit-equality
             residual = residual - F.conv1d(z_q, self.out_w[i], self.out_b[i])

@@ -60,16 +60,21 @@ class _ClipStream:
     def add(self, w: Window, z: torch.Tensor, mask: torch.Tensor):
         """z [D, L], mask [P, D, L] for window w -> (start, Z_hat [P, D, n]) of final frames."""
         o = self.overlap
-        mask = mask * crossfade_weights(w, o, mask.device)
+        if o:  # cross-fade in place: only the overlaps carry weights other than 1
+            if w.index > 0:
+                mask[:, :, :o] *= crossfade_weights(w, o, mask.device)[:o]
+            if not w.last:
+                mask[:, :, -o:] *= crossfade_weights(w, o, mask.device)[-o:]
         if self.carry is not None:
             mask[:, :, :o] += self.carry
         n_final = w.length if w.last else w.length - o
-        self.carry = None if w.last else mask[:, :, n_final:]
+        self.carry = None if w.last else mask[:, :, n_final:].clone()
         m, zf = mask[:, :, :n_final], z[:, :n_final]
         z_hat = m * zf
-        self.energy_in += zf.double().pow(2).sum()
-        self.energy_kept += z_hat.double().pow(2).sum((1, 2))
-        self.mask_sum += m.double().sum((1, 2))
+        # fp32 sums of one window (pairwise summation), accumulated across windows in fp64.
+        self.energy_in += torch.linalg.vector_norm(zf).double() ** 2
+        self.energy_kept += torch.linalg.vector_norm(z_hat, dim=(1, 2)).double() ** 2
+        self.mask_sum += m.sum((1, 2)).double()
         return w.start, z_hat
 
     def result(self) -> ClipResult:
@@ -148,11 +153,7 @@ class Separator:
 
     def _masks(self, z: torch.Tensor, embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Masker on every (window, prompt) pair, window-major: [n_w * P, D, L]."""
-        n_w, n_p = z.shape[0], embeddings.shape[0]
-        z_rep = z.repeat_interleave(n_p, dim=0)
-        cond = embeddings.repeat(n_w, 1)
-        valid_rep = valid.repeat_interleave(n_p, dim=0)
         if self.dtype == torch.float32:
-            return self.masker(z_rep, cond, valid_rep)
+            return self.masker(z, embeddings, valid, all_prompts=True)
         with torch.autocast(self.device.type, dtype=self.dtype):
-            return self.masker(z_rep, cond, valid_rep).float()
+            return self.masker(z, embeddings, valid, all_prompts=True).float()
