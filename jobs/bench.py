@@ -59,6 +59,7 @@ class BenchConfig:
     job_cpus: float = 2.0
     job_batch_size: int = 16
     length_seconds: list[float] = field(default_factory=lambda: [1.0, 10.0, 60.0, 600.0])
+    ingest_seconds: float = 120.0  # generated wav audio (clips of clip_seconds) for the ingest job
     matmul_size: int = 2048
     threads: int = 0
     seed: int = 0
@@ -361,6 +362,31 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
             "runs": runs, "job_vs_bare_loop": best["x_realtime"] / (audio_s / bare)}
 
 
+def measure_ingest(cfg: BenchConfig, m: Models) -> dict:
+    """`jobs.ingest.run` on generated wav files (half at 16 kHz, half at 44.1 kHz, which
+    must be resampled): audio seconds ingested per wall second, start-up included."""
+    import soundfile as sf
+
+    from jobs.ingest import IngestConfig, run
+
+    gen = np.random.default_rng(cfg.seed + 5)
+    n_clips = max(2, round(cfg.ingest_seconds / cfg.clip_seconds))
+    with tempfile.TemporaryDirectory(prefix="codecsep-bench-ingest-") as tmp:
+        root = Path(tmp)
+        (root / "audio").mkdir()
+        for i in range(n_clips):
+            rate = 16000 if i % 2 == 0 else 44100
+            audio = 0.1 * gen.standard_normal(int(cfg.clip_seconds * rate)).astype(np.float32)
+            sf.write(root / "audio" / f"clip-{i:04d}.wav", audio, rate)
+        m.dac.save(str(root / "dac.pth"), package=False)
+        report = run(IngestConfig(input=str(root / "audio"), output=str(root / "shards"), codec_weights=str(root / "dac.pth"),
+                                  ray=RayOptions(num_actors=1, num_cpus_per_actor=2.0, batch_size=4)))
+    audio_s = n_clips * cfg.clip_seconds
+    encode_s = report.stages_s.get("actors_encode", 0.0)
+    return {"files": n_clips, "audio_seconds": audio_s, "wall_s": report.wall_s, "x_realtime": audio_s / report.wall_s,
+            "encode_only_x_realtime": audio_s / encode_s if encode_s else None, "errors": report.errors}
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -441,6 +467,10 @@ def to_markdown(res: dict) -> str:
     lines += _table(["actors", "CPUs/actor", "wall s", "x-realtime", "vs bare loop", "peak actor RSS MB"],
                     [[r["actors"], r["cpus_per_actor"], r["wall_s"], r["x_realtime"],
                       r["x_realtime"] / job["bare_loop_x_realtime"], r["peak_actor_rss_mb"]] for r in job["runs"]])
+    ing = res["ingest"]
+    lines += ["", "**Ingest job** (embedded Ray, 1 actor x 2 CPUs, %d wav files, %.0f s audio, half resampled from 44.1 kHz)" % (
+        ing["files"], ing["audio_seconds"]), ""]
+    lines += _table(["wall s", "audio s per wall s", "encode only"], [[ing["wall_s"], ing["x_realtime"], ing["encode_only_x_realtime"]]])
     lines += ["", "**Time vs clip length** (one clip, in-process, fp32)", ""]
     lines += _table(["audio s", "wall s", "x-realtime"], [[r["seconds_audio"], r["seconds"], r["x_realtime"]] for r in res["lengths"]])
     return "\n".join(lines) + "\n"
@@ -483,6 +513,7 @@ def run(cfg: BenchConfig) -> dict:
         "ablation": measure_ablation(cfg, m),
         "lengths": measure_lengths(cfg, m),
         "job": measure_job(cfg, m),
+        "ingest": measure_ingest(cfg, m),
     }
     res["summary"] = summarize(cfg, macs, peaks, speed, agreement)
     res.update({k: res["summary"][k] for k in (

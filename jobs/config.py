@@ -6,6 +6,7 @@ in a YAML key or an override fails at start with the list of valid keys.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -92,3 +93,13 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
             _set(data, key, value)
     apply_overrides(data, overrides or [])
     return from_dict(cls, data)
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def split_positionals(values: list[str]) -> tuple[list[str], list[str]]:
+    """`SRC DST key=value ...` -> (paths, overrides); a path that looks like key=value
+    can be given with --input/--output instead."""
+    paths = [v for v in values if not _OVERRIDE.match(v)]
+    return paths, [v for v in values if _OVERRIDE.match(v)]

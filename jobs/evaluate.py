@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs import config as job_config
-from jobs.ingest import split_positionals
 from jobs.runtime import JobReport, setup_logging
 from storage import fs as sfs
 from storage import shards
@@ -205,7 +204,7 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
     p.add_argument("--prompt-table", help="prompt table URI (train writes <run>/prompts.parquet)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_intermixed_args(argv)
-    paths, overrides = split_positionals(a.args)
+    paths, overrides = job_config.split_positionals(a.args)
     if len(paths) > 2:
         p.error(f"expected DATA OUTPUT, got {paths}")
     setup_logging(a.verbose)

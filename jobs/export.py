@@ -41,8 +41,8 @@ from codecsep_core.dac_codec import (
     DAC_VERSION, NORMALIZE_DB, DacCodec, DacWeightsUnavailable, apply_gain_db, fit_length, loudness_db, resample,
 )
 from jobs import config as job_config
-from jobs.ingest import check_weights_codec, read_codec_weights, split_positionals
-from jobs.runtime import JobReport, RayOptions, init_ray, setup_logging
+from jobs.inputs import check_weights_codec, read_codec_weights
+from jobs.runtime import JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, setup_logging
 from storage import fs as sfs
 from storage import shards
 from storage.dacfile import dac_from_rows, dac_source_id, write_dac
@@ -353,14 +353,10 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
     p.add_argument("--codec-weights", help="DAC checkpoint URI (wav/flac)")
     p.add_argument("--window-seconds", type=float, help="decoder window length")
     p.add_argument("--overwrite", action="store_true", default=None, help="rewrite files that exist")
-    p.add_argument("--address", help="Ray address (default: embedded local Ray)")
-    p.add_argument("--actors", type=int, help="actor pool size")
-    p.add_argument("--cpus-per-actor", type=float)
-    p.add_argument("--gpus-per-actor", type=float)
-    p.add_argument("--batch-size", type=int, help="output files per actor call")
+    add_ray_arguments(p, batch_help="output files per actor call")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_intermixed_args(argv)
-    paths, overrides = split_positionals(a.args)
+    paths, overrides = job_config.split_positionals(a.args)
     if len(paths) > 2:
         p.error(f"expected SRC DST, got {paths}")
     setup_logging(a.verbose)
@@ -369,8 +365,7 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
         ExportConfig, a.config, overrides,
         input=a.input or src, output=a.output or dst, format=a.format, codec=a.codec,
         codec_weights=a.codec_weights, window_seconds=a.window_seconds, overwrite=a.overwrite,
-        **{"ray.address": a.address, "ray.num_actors": a.actors, "ray.num_cpus_per_actor": a.cpus_per_actor,
-           "ray.num_gpus_per_actor": a.gpus_per_actor, "ray.batch_size": a.batch_size},
+        **ray_values(a),
     )
 
 

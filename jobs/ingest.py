@@ -26,26 +26,21 @@ overwrites its own shards.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import logging
 import math
 import posixpath
-import re
 import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
-import soundfile as sf
 import torch
 
-from codecsep_core import CodecTables
-from codecsep_core.dac_codec import DacCodec, DacWeightsUnavailable, official_weights
+from codecsep_core.dac_codec import DacCodec, DacWeightsUnavailable
 from jobs import config as job_config
-from jobs.runtime import JobReport, RayOptions, init_ray, setup_logging
+from jobs.inputs import AUDIO_SUFFIXES, BadInput, batch_prefix, check_weights_codec, read_audio, read_codec_weights
+from jobs.runtime import JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, setup_logging
 from storage import fs as sfs
 from storage import shards
 from storage.dacfile import DacFile, dac_source_id, dac_to_rows, read_dac
@@ -53,7 +48,6 @@ from storage.schema import DAC_CODECS, DAC_SHARD_SCHEMA, CodecSpec, table_from_r
 
 log = logging.getLogger("codecsep.ingest")
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DAC_SUFFIX = ".dac"
 STAGE = "ingest"
 ERROR_PREFIX = "ingest"  # error shards: _errors/part-ingest-<hash>-<n>.parquet
@@ -84,34 +78,8 @@ class IngestConfig:
         return self.codec.split("_", 1)[1]  # "dac_16khz" -> "16khz", DAC's downloader name
 
 
-class IngestError(ValueError):
+class IngestError(BadInput):
     """A file that cannot become rows; the message is the error row's reason."""
-
-
-# --------------------------------------------------------------------------- reading
-
-
-_TRUNCATED = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-_PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # streaming writers that never knew the length
-
-
-def read_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """File bytes -> (float32 [channels, n], sample_rate). libsndfile reads a truncated WAV
-    silently (to the end of what is there); its header log gives the truncation away."""
-    if not data:
-        raise IngestError("empty file (0 bytes)")
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            declared = _TRUNCATED.search(f.extra_info)
-            if declared and int(declared.group(1)) not in _PLACEHOLDER_SIZES and int(declared.group(1)) > int(declared.group(2)):
-                raise IngestError(f"truncated audio file: data chunk declares {declared.group(1)} bytes, file holds {declared.group(2)}")
-            audio = f.read(dtype="float32", always_2d=True)
-            sample_rate = f.samplerate
-    except sf.SoundFileError as e:
-        raise IngestError(f"unreadable audio file: {getattr(e, 'error_string', e)}") from None
-    if audio.shape[0] == 0:
-        raise IngestError("empty audio file (0 samples)")
-    return np.ascontiguousarray(audio.T), int(sample_rate)
 
 
 # --------------------------------------------------------------------------- actor
@@ -152,7 +120,7 @@ class IngestBatch:
                 file_rows, audio_s = self._rows(item, tally)
             except (ValueError, RuntimeError, OSError, EOFError) as e:
                 errors.append({"id": item["id"], "source": item["path"], "stage": STAGE, "prompt": None,
-                               "reason": str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}"})
+                               "reason": str(e) if isinstance(e, BadInput) else f"{type(e).__name__}: {e}"})
                 continue
             done = set(item["done_ids"] or ())
             rows += [r for r in file_rows if r["id"] not in done]
@@ -194,11 +162,6 @@ class IngestBatch:
             if reason is not None:
                 raise IngestError(f"not {self.spec.name} codes: {reason}")
         return rows, dac.original_length / dac.sample_rate
-
-
-def batch_prefix(ids: list[str]) -> str:
-    """Shard-name prefix of a call: a digest of the ids it processed."""
-    return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- driver
@@ -282,21 +245,6 @@ def drop_error_shards(dst: str, s3: sfs.S3Options) -> None:
             fs.rm_file(sfs.resolve(uri, s3)[1])
 
 
-def read_codec_weights(codec_weights: str | None, model_type: str, s3: sfs.S3Options) -> bytes:
-    """The DAC checkpoint's bytes: a user's URI, or DAC's official (cached) download."""
-    if codec_weights:
-        return sfs.read_bytes(codec_weights, s3)
-    log.info("no --codec-weights: using DAC's official %s model", model_type)
-    return official_weights(model_type).read_bytes()
-
-
-def check_weights_codec(weights: bytes, codec: str) -> None:
-    """Refuse weights of another codec before any actor starts."""
-    info = CodecTables.from_dac_checkpoint(weights).info
-    if info.name != codec:
-        raise ValueError(f"codec weights are a {info.name} model, but codec={codec}")
-
-
 def run(cfg: IngestConfig) -> JobReport:
     cfg.check()
     report = JobReport(STAGE)
@@ -365,16 +313,6 @@ def _run_pipeline(cfg: IngestConfig, items: list[dict], weights: bytes | None, s
 
 # --------------------------------------------------------------------------- CLI
 
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
-
-
-def split_positionals(values: list[str]) -> tuple[list[str], list[str]]:
-    """`SRC DST key=value ...` -> (paths, overrides); a path that looks like key=value
-    can be given with --input/--output instead."""
-    paths = [v for v in values if not _OVERRIDE.match(v)]
-    return paths, [v for v in values if _OVERRIDE.match(v)]
-
-
 def parse_args(argv: list[str] | None) -> IngestConfig:
     p = argparse.ArgumentParser(prog="codecsep ingest", description=__doc__.splitlines()[0])
     p.add_argument("args", nargs="*", metavar="SRC DST [key=value ...]",
@@ -387,14 +325,10 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
     p.add_argument("--max-rows-per-shard", type=int)
     p.add_argument("--window-seconds", type=float, help="encoder window length")
     p.add_argument("--retry-errors", action="store_true", default=None, help="re-attempt files that failed before")
-    p.add_argument("--address", help="Ray address (default: embedded local Ray)")
-    p.add_argument("--actors", type=int, help="actor pool size")
-    p.add_argument("--cpus-per-actor", type=float)
-    p.add_argument("--gpus-per-actor", type=float)
-    p.add_argument("--batch-size", type=int, help="files per actor call")
+    add_ray_arguments(p, batch_help="files per actor call")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_intermixed_args(argv)
-    paths, overrides = split_positionals(a.args)
+    paths, overrides = job_config.split_positionals(a.args)
     if len(paths) > 2:
         p.error(f"expected SRC DST, got {paths}")
     setup_logging(a.verbose)
@@ -403,8 +337,7 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
         IngestConfig, a.config, overrides,
         input=a.input or src, output=a.output or dst, codec=a.codec, codec_weights=a.codec_weights,
         max_rows_per_shard=a.max_rows_per_shard, window_seconds=a.window_seconds, retry_errors=a.retry_errors,
-        **{"ray.address": a.address, "ray.num_actors": a.actors, "ray.num_cpus_per_actor": a.cpus_per_actor,
-           "ray.num_gpus_per_actor": a.gpus_per_actor, "ray.batch_size": a.batch_size},
+        **ray_values(a),
     )
 
 

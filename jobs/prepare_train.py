@@ -39,8 +39,8 @@ import numpy as np
 import pyarrow as pa
 
 from jobs import config as job_config
-from jobs.ingest import AUDIO_SUFFIXES, batch_prefix, check_weights_codec, read_audio, read_codec_weights, split_positionals
-from jobs.runtime import JobReport, RayOptions, init_ray, setup_logging
+from jobs.inputs import AUDIO_SUFFIXES, batch_prefix, check_weights_codec, read_audio, read_codec_weights
+from jobs.runtime import JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, setup_logging
 from storage import fs as sfs
 from storage import shards
 from storage.schema import DAC_CODECS, codes_to_arrow
@@ -392,18 +392,17 @@ def parse_args(argv: list[str] | None) -> PrepareTrainConfig:
     p.add_argument("--config", default=str(job_config.default_config_path("prepare_train")))
     p.add_argument("--layout", choices=LAYOUTS)
     p.add_argument("--codec-weights", help="DAC checkpoint URI (default: DAC's official download)")
-    p.add_argument("--address", help="Ray address (default: embedded local Ray)")
-    p.add_argument("--actors", type=int, help="actor pool size")
+    add_ray_arguments(p, batch_help="mixtures per actor call")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_intermixed_args(argv)
-    paths, overrides = split_positionals(a.args)
+    paths, overrides = job_config.split_positionals(a.args)
     if len(paths) > 2:
         p.error(f"expected SRC DST, got {paths}")
     setup_logging(a.verbose)
     src, dst = (paths + [None, None])[:2]
     return job_config.load_config(
         PrepareTrainConfig, a.config, overrides, input=src, output=dst, layout=a.layout,
-        codec_weights=a.codec_weights, **{"ray.address": a.address, "ray.num_actors": a.actors},
+        codec_weights=a.codec_weights, **ray_values(a),
     )
 
 

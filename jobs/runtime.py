@@ -21,6 +21,23 @@ class RayOptions:
     batch_size: int = 16  # clips per actor call
 
 
+def add_ray_arguments(parser, batch_help: str = "rows per actor call") -> None:
+    """The Ray flags every Ray Data job takes; `ray_values` maps them onto `ray.*` keys."""
+    group = parser.add_argument_group("Ray")
+    group.add_argument("--address", help="Ray address (default: embedded local Ray)")
+    group.add_argument("--actors", type=int, help="actor pool size")
+    group.add_argument("--cpus-per-actor", type=float, help="logical CPUs per actor (also its torch threads)")
+    group.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (0: CPU)")
+    group.add_argument("--batch-size", type=int, help=batch_help)
+
+
+def ray_values(args) -> dict:
+    return {
+        "ray.address": args.address, "ray.num_actors": args.actors, "ray.num_cpus_per_actor": args.cpus_per_actor,
+        "ray.num_gpus_per_actor": args.gpus_per_actor, "ray.batch_size": args.batch_size,
+    }
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,

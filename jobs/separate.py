@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from codecsep_core import SeparatorConfig
 from jobs import config as job_config
-from jobs.runtime import JobReport, RayOptions, init_ray, setup_logging
+from jobs.runtime import JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, setup_logging
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.separate")
@@ -80,65 +80,63 @@ class SeparateBatch:
         self.tally = tally
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from jobs.sinks import ERROR_COLUMN, SOURCE_COLUMN
+        """Good rows -> one output row per prompt; bad rows -> one error row each."""
         from storage.schema import check_batch
 
         t0 = time.perf_counter()
         checked = check_batch(batch, self.spec)
         good = [i for i, c in enumerate(checked) if c.reason is None]
-        t1 = time.perf_counter()
-        codes = self._separate(batch.take(good), [checked[i].codes for i in good]) if good else []
-        t2 = time.perf_counter()
-        out = self._output_rows(batch, good, codes)
         bad = [i for i, c in enumerate(checked) if c.reason is not None]
+        rows = batch.take(good)
+        t1 = time.perf_counter()
+        separated = self._separate(rows, [checked[i].codes for i in good]) if good else []
+        t2 = time.perf_counter()
+        parts = [self._output_rows(rows, separated)] if good else []
         if bad:
-            rows = batch.take(bad)
-            errors = pa.table({
-                "id": rows["id"].cast(pa.string()) if "id" in rows.column_names else pa.nulls(len(bad), pa.string()),
-                SOURCE_COLUMN: rows["path"],
-                ERROR_COLUMN: pa.array([checked[i].reason for i in bad], pa.string()),
-            })
-            out = pa.concat_tables([out, errors], promote_options="default") if out is not None else errors
+            parts.append(self._error_rows(batch.take(bad), [checked[i].reason for i in bad]))
+        out = pa.concat_tables(parts, promote_options="default")
         if self.tally is not None:
-            audio_s = float(np.sum(np.asarray(batch.take(good)["n_samples"]) / np.asarray(batch.take(good)["sample_rate"]))) if good else 0.0
+            audio_s = float(np.sum(rows["n_samples"].to_numpy() / rows["sample_rate"].to_numpy())) if good else 0.0
             self.tally.add.remote(rows=batch.num_rows, good=len(good), errors=len(bad), audio_s=audio_s,
                                   validate_s=t1 - t0, separate_s=t2 - t1, assemble_s=time.perf_counter() - t2,
                                   peak_actor_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return out
 
     def _separate(self, rows: pa.Table, codes: list[np.ndarray]):
-        """Separated codes per row, [P, n_q, T] uint16, plus scores; chunked DAC rows are
-        separated chunk by chunk (their chunks do not share a frame grid)."""
+        """Per row: separated codes [P, n_q, T] uint16 and scores. Chunked DAC rows are
+        separated chunk by chunk (their chunks do not share a frame grid); their scores
+        are frame-weighted means over the chunks."""
         import torch
 
         from storage.schema import separable_segments
 
-        segments, owners = [], []
-        meta = rows.drop_columns([c for c in ("codes",) if c in rows.column_names]).to_pylist()
-        for i, (row, c) in enumerate(zip(meta, codes)):
-            for start, stop in separable_segments(row, c.shape[1]):
-                segments.append(torch.from_numpy(c[:, start:stop].astype(np.int64)))
-                owners.append(i)
-        results = self.separator.separate(segments, self.embeddings)
+        meta = rows.drop_columns(["codes"]).to_pylist()
+        spans = [separable_segments(row, c.shape[1]) for row, c in zip(meta, codes)]
+        segments = [torch.from_numpy(c[:, a:b].astype(np.int64)) for c, row_spans in zip(codes, spans) for a, b in row_spans]
+        results = iter(self.separator.separate(segments, self.embeddings))
         merged = []
-        for i in range(len(codes)):
-            parts = [(r, s.shape[1]) for r, s, o in zip(results, segments, owners) if o == i]
-            frames = torch.tensor([n for _, n in parts], dtype=torch.float64)
+        for row_spans in spans:
+            parts = [next(results) for _ in row_spans]
+            frames = torch.tensor([b - a for a, b in row_spans], dtype=torch.float64)
             weights = (frames / frames.sum())[:, None]
-            scores = {k: (torch.stack([r.scores[k].double() for r, _ in parts]) * weights).sum(0).float()
-                      for k in parts[0][0].scores}
-            merged.append((torch.cat([r.codes for r, _ in parts], dim=2).numpy().astype(np.uint16), scores))
+            scores = {k: (torch.stack([r.scores[k].double() for r in parts]) * weights).sum(0).float()
+                      for k in parts[0].scores}
+            merged.append((torch.cat([r.codes for r in parts], dim=2).numpy().astype(np.uint16), scores))
         return merged
 
-    def _output_rows(self, batch: pa.Table, good: list[int], separated) -> pa.Table | None:
+    @staticmethod
+    def _error_rows(rows: pa.Table, reasons: list[str]) -> pa.Table:
+        from jobs.sinks import ERROR_COLUMN, SOURCE_COLUMN
+
+        ids = rows["id"].cast(pa.string()) if "id" in rows.column_names else pa.nulls(rows.num_rows, pa.string())
+        return pa.table({"id": ids, SOURCE_COLUMN: rows["path"], ERROR_COLUMN: pa.array(reasons, pa.string())})
+
+    def _output_rows(self, rows: pa.Table, separated) -> pa.Table:
         """One row per (clip, prompt), prompt-major: input columns with new codes + scores."""
         from jobs.sinks import ERROR_COLUMN, SOURCE_COLUMN
         from storage.schema import codes_to_arrow
 
-        if not good:
-            return None
-        rows = batch.take(good)
-        n, tables = len(good), []
+        n, tables = rows.num_rows, []
         for p, prompt in enumerate(self.prompts):
             t = rows.set_column(rows.schema.get_field_index("codes"), "codes",
                                 codes_to_arrow([codes[p] for codes, _ in separated]))
@@ -348,10 +346,7 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
     p.add_argument("--codec-tables", help="codec tables URI (.safetensors)")
     p.add_argument("--codec-weights", help="DAC checkpoint URI; tables exported on the fly")
     p.add_argument("--prompt-table", help="Parquet prompt table URI")
-    p.add_argument("--address", help="Ray address (default: embedded local Ray)")
-    p.add_argument("--actors", type=int, help="actor pool size")
-    p.add_argument("--gpus-per-actor", type=float)
-    p.add_argument("--batch-size", type=int, help="clips per actor call")
+    add_ray_arguments(p, batch_help="clips per actor call")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. separator.precision=bf16")
     a = p.parse_args(argv)
@@ -359,10 +354,7 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
     return job_config.load_config(
         SeparateConfig, a.config, a.overrides,
         input=a.input, output=a.output, prompts=a.prompts, masker=a.masker, codec_tables=a.codec_tables,
-        codec_weights=a.codec_weights, prompt_table=a.prompt_table, **{
-            "ray.address": a.address, "ray.num_actors": a.actors, "ray.num_gpus_per_actor": a.gpus_per_actor,
-            "ray.batch_size": a.batch_size,
-        },
+        codec_weights=a.codec_weights, prompt_table=a.prompt_table, **ray_values(a),
     )
 
 

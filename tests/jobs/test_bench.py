@@ -12,7 +12,7 @@ from codecsep_core import Masker, MaskerConfig
 TINY = [
     "masker_preset=tiny", "clip_seconds=1", "batch_sizes=[1,2]", "speedup_batch=2", "waveform_max_batch=2",
     "repeats=1", "ablation_prompts=2", "job_seconds=4", "job_shards=2", "job_actors=[1]", "job_cpus=1",
-    "job_batch_size=2", "length_seconds=[1,2]", "matmul_size=256", "docs=null",
+    "job_batch_size=2", "length_seconds=[1,2]", "ingest_seconds=2", "matmul_size=256", "docs=null",
 ]
 REQUIRED = ["codes_vs_waveform_speedup", "separator_gmacs_per_audio_second", "separator_x_realtime",
             "job_vs_bare_loop", "fraction_of_machine_peak"]
@@ -55,6 +55,9 @@ def test_ratios_are_computed_from_the_measured_times(bench):
     job = res["job"]
     assert res["job_vs_bare_loop"] == pytest.approx(max(r["x_realtime"] for r in job["runs"]) / job["bare_loop_x_realtime"])
     assert job["runs"][0]["rows_out"] == job["clips"] and job["runs"][0]["peak_actor_rss_mb"] > 0
+    ingest = res["ingest"]
+    assert (ingest["files"], ingest["errors"]) == (2, 0)
+    assert ingest["x_realtime"] == pytest.approx(ingest["audio_seconds"] / ingest["wall_s"])
     fastest = res["summary"]["separator_fastest"]
     achieved = fastest["x_realtime"] * 2 * res["separator_gmacs_per_audio_second"]
     assert res["fraction_of_machine_peak"] == pytest.approx(achieved / res["matmul_peak_gflops"][fastest["precision"]])
