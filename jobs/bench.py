@@ -31,12 +31,8 @@ from jobs.runtime import RayOptions, init_ray, setup_logging
 
 log = logging.getLogger("codecsep.bench")
 
-DAC16_KWARGS = dict(
-    encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, decoder_rates=[8, 5, 4, 2],
-    sample_rate=16000, n_codebooks=12, codebook_size=1024, codebook_dim=8,
-)
 # --quick: the same measurements on less data, in a few minutes.
-QUICK = ["batch_sizes=[1,8]", "repeats=2", "job_seconds=120", "job_actors=[1]", "length_seconds=[1,10,60]",
+QUICK = ["batch_sizes=[1,8]", "repeats=2", "job_seconds=120", "job_actors=[1]", "length_seconds=[1,10,60]", "ingest_seconds=40",
          "matmul_size=1536"]
 TARGETS = {"x_realtime": 250.0, "codes_vs_waveform_speedup": 100.0, "agreement": 0.99}
 
@@ -111,10 +107,9 @@ def random_codes(n_clips: int, n_frames: int, gen: torch.Generator) -> list[torc
 
 
 def build_models(cfg: BenchConfig) -> Models:
-    import dac
+    from codecsep_core.dac_codec import random_dac
 
-    torch.manual_seed(cfg.seed)
-    codec = dac.DAC(**DAC16_KWARGS).eval()
+    codec = random_dac(cfg.seed)
     masker = Masker(MaskerConfig.preset(cfg.masker_preset)).eval()
     prompts = torch.nn.functional.normalize(torch.randn(max(cfg.n_prompts, cfg.ablation_prompts), 512), dim=-1)
     return Models(codec, CodecTables.from_dac_model(codec), masker, prompts)

@@ -51,16 +51,12 @@ def codec_weights(out: Path, seed: int) -> tuple[Path, bool]:
     official = official_dac_weights()
     if official is not None:
         return official, True
-    import dac
-    import torch
+    from codecsep_core.dac_codec import random_dac
 
     path = out / "codec" / "random_dac16.pth"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(seed)
-        model = dac.DAC(encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, decoder_rates=[8, 5, 4, 2],
-                        sample_rate=16000, n_codebooks=12, codebook_size=1024, codebook_dim=8)
-        model.save(str(path), package=False)
+        random_dac(seed).save(str(path), package=False)
     return path, False
 
 

@@ -32,20 +32,12 @@ def s3_bucket(s3_server):
     return f"s3://{name}"
 
 
-DAC16_KWARGS = dict(
-    encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, decoder_rates=[8, 5, 4, 2],
-    sample_rate=16000, n_codebooks=12, codebook_size=1024, codebook_dim=8,
-)
-
-
 @pytest.fixture(scope="session")
 def dac16():
     """A DAC 16 kHz of the real architecture with random weights (none can be downloaded here)."""
-    import dac
-    import torch
+    from codecsep_core.dac_codec import random_dac
 
-    torch.manual_seed(0)
-    return dac.DAC(**DAC16_KWARGS).eval()
+    return random_dac(0)
 
 
 @pytest.fixture(scope="session")
