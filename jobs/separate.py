@@ -13,6 +13,7 @@ import logging
 import math
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -293,22 +294,40 @@ def run(cfg: SeparateConfig) -> JobReport:
     return report
 
 
-def _run_pipeline(cfg: SeparateConfig, files, n_input_rows, masker_bytes, tables_bytes, embeddings) -> dict:
-    ray = init_ray(cfg.ray)
-    from ray.data import ActorPoolStrategy, DataContext
+@contextmanager
+def checkpointed_data_context(cfg: SeparateConfig):
+    """Ray Data's settings for this job, restored afterwards: the DataContext is
+    process-global, and another job in the same driver must not inherit the checkpoint."""
+    from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
 
-    from jobs.sinks import ShardSink
-
-    in_fs, _ = pyarrow_fs(cfg.input)
-    out_fs, out_path = pyarrow_fs(cfg.output)
-    ckpt_fs, ckpt_path = pyarrow_fs(cfg.checkpoint_uri)
     ctx = DataContext.get_current()
+    saved = ctx.checkpoint_config, ctx.use_datasource_v2
+    ckpt_fs, ckpt_path = pyarrow_fs(cfg.checkpoint_uri)
     ctx.use_datasource_v2 = False  # the v2 Parquet reader ignores override_num_blocks (Ray 2.60)
     ctx.checkpoint_config = CheckpointConfig(
         id_column="id", checkpoint_path=ckpt_path, delete_checkpoint_on_success=False,
         override_filesystem=ckpt_fs,
     )
+    try:
+        yield
+    finally:
+        ctx.checkpoint_config, ctx.use_datasource_v2 = saved
+
+
+def _run_pipeline(cfg: SeparateConfig, files, n_input_rows, masker_bytes, tables_bytes, embeddings) -> dict:
+    ray = init_ray(cfg.ray)
+    with checkpointed_data_context(cfg):
+        return _execute(ray, cfg, files, n_input_rows, masker_bytes, tables_bytes, embeddings)
+
+
+def _execute(ray, cfg: SeparateConfig, files, n_input_rows, masker_bytes, tables_bytes, embeddings) -> dict:
+    from ray.data import ActorPoolStrategy
+
+    from jobs.sinks import ShardSink
+
+    in_fs, _ = pyarrow_fs(cfg.input)
+    out_fs, out_path = pyarrow_fs(cfg.output)
     tally = _tally_actor()
     paths = [sfs.resolve(f)[1] for f in files]
     # One block per actor batch, so that output is written (and checkpointed) as the job

@@ -189,3 +189,16 @@ def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_sessi
     assert_exactly_once(cfg.output, ids)
     summary = [line for line in done.stdout.splitlines() if line.startswith("separate:")][0]
     assert "0 errors" in summary
+
+
+def test_the_job_leaves_ray_datas_global_context_as_it_found_it(ray_session, tmp_path, tables, models, embeddings):
+    """Ray Data's DataContext is process-wide: a later job in the same driver (train,
+    evaluate) must not inherit this job's checkpoint filter."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.checkpoint_config, ctx.use_datasource_v2
+    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p.parquet": shard(["a"], [rand_codes(20, 1)])})
+    run(cfg)
+    assert (ctx.checkpoint_config, ctx.use_datasource_v2) == before
+    assert ray_session.data.from_items([{"x": 1}]).take_all() == [{"x": 1}]  # no id column needed
