@@ -38,6 +38,7 @@ log = logging.getLogger("codecsep.train")
 LOSSES = ("latent", "sisdr")
 FIXED_ENCODER = "fixed-random-unit-vectors:sha256"
 CHECKPOINT_NAME = re.compile(r"step-(\d+)\.safetensors")
+METRICS_NAME = re.compile(r"metrics-from-(\d+)\.json")
 
 
 @dataclass(frozen=True)
@@ -400,19 +401,34 @@ def run(cfg: TrainConfig) -> JobReport:
         result = trainer.fit()
     if result.error is not None:
         raise result.error
-    start = latest[0] if latest else 0
-    history = json.loads(sfs.read_bytes(sfs.join(cfg.output, f"metrics-from-{start:09d}.json")))
-    metrics = history[-1]
     report.rows_in = shards.read_table(train_uri, columns=["id"]).num_rows
-    report.rows_out = int(metrics["step"]) - start  # steps run by this call
-    report.wall_s = time.perf_counter() - t_start
     report.extra = {
         "output": cfg.output, "masker": sfs.join(cfg.output, "masker.safetensors"),
         "prompt_table": sfs.join(cfg.output, "prompts.parquet"), "codec_tables": tables_uri,
-        "prompt_encoder": table.encoder, "resumed_from_step": start, "val_history": history,
-        **{k: metrics[k] for k in ("step", "val_loss", "val_latent_snr", "train_loss") if k in metrics},
+        "prompt_encoder": table.encoder,
     }
+    if latest is not None and latest[0] >= cfg.max_steps:  # already trained: nothing ran
+        report.extra.update(resumed_from_step=latest[0], step=latest[0], val_history=[])
+    else:
+        start, history = latest_history(cfg.output, latest[0] if latest else 0)
+        metrics = history[-1]
+        report.rows_out = int(metrics["step"]) - start  # steps run by this call
+        report.extra.update(resumed_from_step=start, val_history=history, **{
+            k: metrics[k] for k in ("step", "val_loss", "val_latent_snr", "train_loss") if k in metrics})
+    report.wall_s = time.perf_counter() - t_start
     return report
+
+
+def latest_history(output: str, at_least: int) -> tuple[int, list[dict]]:
+    """(step resumed from, validation history) of the newest run: the metrics file with the
+    highest start step. The workers may have resumed from a later checkpoint than the
+    driver saw before the fit (one landed in between), never an earlier one."""
+    found = [(int(m.group(1)), u) for u in sfs.list_files(output, [".json"])
+             if (m := METRICS_NAME.fullmatch(posixpath.basename(u)))]
+    start, uri = max((f for f in found if f[0] >= at_least), default=(None, None))
+    if uri is None:
+        raise RuntimeError(f"training ended without writing {output}/metrics-from-*.json")
+    return start, json.loads(sfs.read_bytes(uri))
 
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
