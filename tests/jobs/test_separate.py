@@ -1,7 +1,6 @@
 """The main job end to end: real local Ray, real Parquet, a loopback S3 server (moto),
 a random-weight masker and codec tables of the real architectures."""
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -161,9 +160,10 @@ def test_rerun_over_a_grown_archive_processes_only_new_clips(ray_session, tmp_pa
     assert_exactly_once(cfg.output, list(first) + list(new))
 
 
-def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_session, tmp_path, tables, models, embeddings):
-    """kill -9 of the driver's whole process group (driver, raylet, workers) mid-write,
-    like a lost machine; the same command again must finish the work exactly once."""
+def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_session, tmp_path, tables, models, embeddings,
+                                                                       lost_machine):
+    """kill -9 of the driver and all its Ray processes mid-write, like a lost machine; the
+    same command again must finish the work exactly once."""
     clips = {f"c{i:03d}": rand_codes(500, i) for i in range(24)}
     ids = list(clips)
     shards = {f"p{k}.parquet": shard(ids[k::4], [clips[i] for i in ids[k::4]]) for k in range(4)}
@@ -171,19 +171,17 @@ def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_sessi
     cmd = [sys.executable, "-m", "jobs.separate", "--input", cfg.input, "--output", cfg.output,
            "--masker", cfg.masker, "--codec-tables", cfg.codec_tables, "--prompt-table", cfg.prompt_table,
            "--batch-size", "2", "min_rows_per_file=1"] + [a for p in PROMPTS for a in ("--prompt", p)]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=lost_machine.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out_dir = tmp_path / "out"
     deadline = time.time() + 240
     while time.time() < deadline and not list(out_dir.glob("*.parquet")):
         assert proc.poll() is None, "job ended before it could be killed"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    lost_machine.kill(proc)
     written = read_table(cfg.output, columns=["id"]).num_rows if list(out_dir.glob("*.parquet")) else 0
     assert 0 < written < len(ids) * len(PROMPTS), "the kill must land mid-job"
 
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600)
 
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert_exactly_once(cfg.output, ids)

@@ -4,12 +4,9 @@ The codec is a random-weight DAC 16 kHz of the real architecture and prompts are
 per-prompt vectors: neither DAC nor CLAP weights can be downloaded here. Clips are short
 (DAC encodes at ~0.2 s per audio second on this CPU)."""
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -120,36 +117,19 @@ def test_dnr_layout_prepare_train_evaluate(tmp_path, ray_session, dac_weights):
     assert "| dog_bark, rain |" in table
 
 
-def kill_run(proc, marker: str):
-    """kill -9 of the driver and of every process of its Ray instance, like a lost machine.
-    Ray's node processes leave the driver's process group and tree, so they are found by an
-    environment variable they all inherit."""
-    import psutil
-
-    os.killpg(proc.pid, signal.SIGKILL)
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("CODECSEP_TEST_RUN") == marker:
-                p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    proc.wait()
-
-
-def test_train_resumes_from_latest_checkpoint_after_kill(synthetic_sets, dac_weights, tmp_path):
+def test_train_resumes_from_latest_checkpoint_after_kill(synthetic_sets, dac_weights, tmp_path, lost_machine):
     out = tmp_path / "run"
-    marker = uuid.uuid4().hex
     args = train_args(synthetic_sets / "data", out, dac_weights, "max_steps=20", "val_every=20", "checkpoint_every=5")
     proc = subprocess.Popen([sys.executable, "-m", "jobs.train", *args], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled", "CODECSEP_TEST_RUN": marker})
+                            env=lost_machine.env)
     try:
         deadline = time.time() + 400
         while train.latest_checkpoint(str(out)) is None and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
         assert train.latest_checkpoint(str(out)) is not None, "no checkpoint before the deadline or the run ended"
     finally:
-        kill_run(proc, marker)
+        lost_machine.kill(proc)
     step, _ = train.latest_checkpoint(str(out))
     assert 0 < step < 20
     report = train.run(train.parse_args(args))
