@@ -98,6 +98,15 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
+def parse_paths(parser, argv: list[str] | None, names: tuple[str, str] = ("SRC", "DST")):
+    """`SRC DST key=value ...` in any order -> (args, [src, dst] padded with None, overrides)."""
+    args = parser.parse_intermixed_args(argv)
+    paths, overrides = split_positionals(args.args)
+    if len(paths) > len(names):
+        parser.error(f"expected {' '.join(names)}, got {paths}")
+    return args, (paths + [None] * len(names))[: len(names)], overrides
+
+
 def split_positionals(values: list[str]) -> tuple[list[str], list[str]]:
     """`SRC DST key=value ...` -> (paths, overrides); a path that looks like key=value
     can be given with --input/--output instead."""

@@ -203,12 +203,8 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
     p.add_argument("--codec-weights", help="DAC checkpoint URI (waveform metrics)")
     p.add_argument("--prompt-table", help="prompt table URI (train writes <run>/prompts.parquet)")
     p.add_argument("-v", "--verbose", action="store_true")
-    a = p.parse_intermixed_args(argv)
-    paths, overrides = job_config.split_positionals(a.args)
-    if len(paths) > 2:
-        p.error(f"expected DATA OUTPUT, got {paths}")
+    a, (data, output), overrides = job_config.parse_paths(p, argv, names=("DATA", "OUTPUT"))
     setup_logging(a.verbose)
-    data, output = (paths + [None, None])[:2]
     return job_config.load_config(EvaluateConfig, a.config, overrides, input=data, output=output, masker=a.masker,
                                   codec_tables=a.codec_tables, codec_weights=a.codec_weights, prompt_table=a.prompt_table)
 

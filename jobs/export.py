@@ -355,12 +355,8 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
     p.add_argument("--overwrite", action="store_true", default=None, help="rewrite files that exist")
     add_ray_arguments(p, batch_help="output files per actor call")
     p.add_argument("-v", "--verbose", action="store_true")
-    a = p.parse_intermixed_args(argv)
-    paths, overrides = job_config.split_positionals(a.args)
-    if len(paths) > 2:
-        p.error(f"expected SRC DST, got {paths}")
+    a, (src, dst), overrides = job_config.parse_paths(p, argv)
     setup_logging(a.verbose)
-    src, dst = (paths + [None, None])[:2]
     return job_config.load_config(
         ExportConfig, a.config, overrides,
         input=a.input or src, output=a.output or dst, format=a.format, codec=a.codec,

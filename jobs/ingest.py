@@ -327,12 +327,8 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
     p.add_argument("--retry-errors", action="store_true", default=None, help="re-attempt files that failed before")
     add_ray_arguments(p, batch_help="files per actor call")
     p.add_argument("-v", "--verbose", action="store_true")
-    a = p.parse_intermixed_args(argv)
-    paths, overrides = job_config.split_positionals(a.args)
-    if len(paths) > 2:
-        p.error(f"expected SRC DST, got {paths}")
+    a, (src, dst), overrides = job_config.parse_paths(p, argv)
     setup_logging(a.verbose)
-    src, dst = (paths + [None, None])[:2]
     return job_config.load_config(
         IngestConfig, a.config, overrides,
         input=a.input or src, output=a.output or dst, codec=a.codec, codec_weights=a.codec_weights,

@@ -394,12 +394,8 @@ def parse_args(argv: list[str] | None) -> PrepareTrainConfig:
     p.add_argument("--codec-weights", help="DAC checkpoint URI (default: DAC's official download)")
     add_ray_arguments(p, batch_help="mixtures per actor call")
     p.add_argument("-v", "--verbose", action="store_true")
-    a = p.parse_intermixed_args(argv)
-    paths, overrides = job_config.split_positionals(a.args)
-    if len(paths) > 2:
-        p.error(f"expected SRC DST, got {paths}")
+    a, (src, dst), overrides = job_config.parse_paths(p, argv)
     setup_logging(a.verbose)
-    src, dst = (paths + [None, None])[:2]
     return job_config.load_config(
         PrepareTrainConfig, a.config, overrides, input=src, output=dst, layout=a.layout,
         codec_weights=a.codec_weights, **ray_values(a),

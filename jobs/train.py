@@ -445,12 +445,8 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--address", help="Ray address (default: embedded local Ray)")
     p.add_argument("--workers", type=int, help="Ray Train workers")
     p.add_argument("-v", "--verbose", action="store_true")
-    a = p.parse_intermixed_args(argv)
-    paths, overrides = job_config.split_positionals(a.args)
-    if len(paths) > 2:
-        p.error(f"expected DATA OUTPUT, got {paths}")
+    a, (data, output), overrides = job_config.parse_paths(p, argv, names=("DATA", "OUTPUT"))
     setup_logging(a.verbose)
-    data, output = (paths + [None, None])[:2]
     return job_config.load_config(
         TrainConfig, a.config, overrides, data=data, output=output, preset=a.preset, codec_weights=a.codec_weights,
         codec_tables=a.codec_tables, fixed_prompts_if_offline=a.fixed_prompts_if_offline, max_steps=a.max_steps,
