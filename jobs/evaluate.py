@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs import config as job_config
-from jobs.runtime import JobReport, setup_logging
+from jobs.runtime import JobReport, run_cli, setup_logging
 from storage import fs as sfs
 from storage import shards
 
@@ -210,17 +210,14 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def body():
         cfg = parse_args(argv)
         cfg.check()
-    except ValueError as e:
-        print(f"codecsep evaluate: {e}")
-        return 2
-    report, md = run(cfg)
-    print(md)
-    report.emit()
-    return 0
+        report, md = run(cfg)
+        print(md)
+        report.emit()
 
+    return run_cli("evaluate", body)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -26,7 +26,6 @@ import logging
 import math
 import posixpath
 import re
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,7 +41,9 @@ from codecsep_core.dac_codec import (
 )
 from jobs import config as job_config
 from jobs.inputs import check_weights_codec, read_codec_weights
-from jobs.runtime import JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, setup_logging
+from jobs.runtime import (
+    JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, run_cli, setup_logging, sum_summaries,
+)
 from storage import fs as sfs
 from storage import shards
 from storage.dacfile import dac_from_rows, dac_source_id, write_dac
@@ -330,12 +331,8 @@ def _run_pipeline(cfg: ExportConfig, items: list[dict], weights: bytes | None, s
         num_cpus=cfg.ray.num_cpus_per_actor,
         num_gpus=cfg.ray.num_gpus_per_actor,
     )
-    totals: dict[str, float] = defaultdict(float)
-    for summary in ds.iter_rows():
-        for k, v in summary.items():
-            totals[k] += v
-        log.info("export: %d/%d files, %d written, %d errors", totals["files"], len(items), totals["written"], totals["errors"])
-    return totals
+    return sum_summaries(ds, lambda t: log.info("export: %d/%d files, %d written, %d errors",
+                                                t["files"], len(items), t["written"], t["errors"]))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -366,13 +363,7 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        report = run(parse_args(argv))
-    except (ValueError, FileNotFoundError, DacWeightsUnavailable) as e:
-        print(f"codecsep export: {e}", file=sys.stderr)
-        return 2
-    report.emit()
-    return 0
+    return run_cli("export", lambda: run(parse_args(argv)).emit(), (DacWeightsUnavailable,))
 
 
 if __name__ == "__main__":

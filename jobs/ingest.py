@@ -29,7 +29,6 @@ import argparse
 import logging
 import math
 import posixpath
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,7 +39,9 @@ import torch
 from codecsep_core.dac_codec import DacCodec, DacWeightsUnavailable
 from jobs import config as job_config
 from jobs.inputs import AUDIO_SUFFIXES, BadInput, batch_prefix, check_weights_codec, read_audio, read_codec_weights
-from jobs.runtime import JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, setup_logging
+from jobs.runtime import (
+    JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, run_cli, setup_logging, sum_summaries,
+)
 from storage import fs as sfs
 from storage import shards
 from storage.dacfile import DacFile, dac_source_id, dac_to_rows, read_dac
@@ -302,16 +303,12 @@ def _run_pipeline(cfg: IngestConfig, items: list[dict], weights: bytes | None, s
         num_cpus=cfg.ray.num_cpus_per_actor,
         num_gpus=cfg.ray.num_gpus_per_actor,
     )
-    totals: dict[str, float] = defaultdict(float)
-    for summary in ds.iter_rows():
-        for k, v in summary.items():
-            totals[k] += v
-        log.info("ingest: %d/%d files, %d rows, %d errors, %.1f s of audio",
-                 totals["files"], len(items), totals["rows"], totals["errors"], totals["audio_s"])
-    return totals
+    return sum_summaries(ds, lambda t: log.info("ingest: %d/%d files, %d rows, %d errors, %.1f s of audio",
+                                                t["files"], len(items), t["rows"], t["errors"], t["audio_s"]))
 
 
 # --------------------------------------------------------------------------- CLI
+
 
 def parse_args(argv: list[str] | None) -> IngestConfig:
     p = argparse.ArgumentParser(prog="codecsep ingest", description=__doc__.splitlines()[0])
@@ -338,13 +335,7 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        report = run(parse_args(argv))
-    except (ValueError, FileNotFoundError, DacWeightsUnavailable) as e:
-        print(f"codecsep ingest: {e}", file=sys.stderr)
-        return 2
-    report.emit()
-    return 0
+    return run_cli("ingest", lambda: run(parse_args(argv)).emit(), (DacWeightsUnavailable,))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ import pyarrow as pa
 
 from jobs import config as job_config
 from jobs.inputs import AUDIO_SUFFIXES, batch_prefix, check_weights_codec, read_audio, read_codec_weights
-from jobs.runtime import JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, setup_logging
+from jobs.runtime import (
+    JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, run_cli, setup_logging, sum_summaries,
+)
 from storage import fs as sfs
 from storage import shards
 from storage.schema import DAC_CODECS, codes_to_arrow
@@ -373,13 +375,8 @@ def _run_pipeline(cfg: PrepareTrainConfig, items: list[dict], weights: bytes, s3
         batch_size=batch, batch_format="pyarrow", compute=ActorPoolStrategy(size=cfg.ray.num_actors),
         num_cpus=cfg.ray.num_cpus_per_actor, num_gpus=cfg.ray.num_gpus_per_actor,
     )
-    totals: dict[str, float] = defaultdict(float)
-    for summary in ds.iter_rows():
-        for k, v in summary.items():
-            totals[k] += v
-        log.info("prepare-train: %d/%d mixtures, %d rows, %d errors", totals["mixtures"], len(items),
-                 totals["rows"], totals["errors"])
-    return totals
+    return sum_summaries(ds, lambda t: log.info("prepare-train: %d/%d mixtures, %d rows, %d errors",
+                                                t["mixtures"], len(items), t["rows"], t["errors"]))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -403,14 +400,7 @@ def parse_args(argv: list[str] | None) -> PrepareTrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_args(argv)
-        cfg.check()
-    except ValueError as e:
-        print(f"codecsep prepare-train: {e}")
-        return 2
-    run(cfg).emit()
-    return 0
+    return run_cli("prepare-train", lambda: run(parse_args(argv)).emit())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from jobs import config as job_config
-from jobs.runtime import JobReport, setup_logging
+from jobs.runtime import JobReport, run_cli, setup_logging
 
 log = logging.getLogger("codecsep.prompts")
 
@@ -67,15 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
-    try:
+
+    def body():
         cfg = job_config.load_config(PromptsConfig, a.config, a.overrides, output=a.output, prompts=a.prompts,
                                      prompts_file=a.prompts_file, clap_checkpoint=a.clap_checkpoint)
-        report = run(cfg)
-    except (ValueError, FileNotFoundError, PromptEncoderUnavailable) as e:
-        print(f"codecsep prompts: error: {e}")
-        return 2
-    report.emit()
-    return 0
+        run(cfg).emit()
+
+    return run_cli("prompts", body, (PromptEncoderUnavailable,))
 
 
 if __name__ == "__main__":

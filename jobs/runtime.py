@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -36,6 +37,28 @@ def ray_values(args) -> dict:
         "ray.address": args.address, "ray.num_actors": args.actors, "ray.num_cpus_per_actor": args.cpus_per_actor,
         "ray.num_gpus_per_actor": args.gpus_per_actor, "ray.batch_size": args.batch_size,
     }
+
+
+def run_cli(job: str, body, errors: tuple[type[BaseException], ...] = ()) -> int:
+    """A job's CLI body; expected failures (bad settings, missing files or models) end as
+    one line and exit code 2 instead of a traceback."""
+    try:
+        body()
+    except (ValueError, FileNotFoundError, *errors) as e:
+        print(f"codecsep {job}: error: {e}")
+        return 2
+    return 0
+
+
+def sum_summaries(ds, progress) -> dict[str, float]:
+    """Totals of the per-call summary rows a job's actors return, with `progress(totals)`
+    after each, so that long jobs report as they go."""
+    totals: dict[str, float] = defaultdict(float)
+    for summary in ds.iter_rows():
+        for k, v in summary.items():
+            totals[k] += v
+        progress(totals)
+    return totals
 
 
 def setup_logging(verbose: bool = False) -> None:

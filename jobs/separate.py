@@ -21,7 +21,9 @@ import pyarrow as pa
 
 from codecsep_core import SeparatorConfig
 from jobs import config as job_config
-from jobs.runtime import JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, setup_logging
+from jobs.runtime import (
+    JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, run_cli, setup_logging,
+)
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.separate")
@@ -247,22 +249,6 @@ def write_shard_errors(output: str, errors: list[dict]) -> None:
         write_errors(output, [err], prefix="shard-" + hashlib.sha1(err["source"].encode()).hexdigest()[:16])
 
 
-def count_rows(uri: str) -> int:
-    """Rows under `uri` from Parquet footers (0 when it does not exist yet)."""
-    import pyarrow.parquet as pq
-
-    from storage.shards import list_shards
-
-    if not sfs.exists(uri):
-        return 0
-    fs, _ = sfs.resolve(uri)
-    total = 0
-    for file in list_shards(uri):
-        with fs.open(sfs.resolve(file)[1], "rb") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
-
-
 def run(cfg: SeparateConfig) -> JobReport:
     cfg.check()
     report = JobReport("separate")
@@ -276,8 +262,6 @@ def run(cfg: SeparateConfig) -> JobReport:
     with report.stage("load_models"):
         masker_bytes = sfs.read_bytes(cfg.masker)
         tables_bytes = load_codec_tables_bytes(cfg)
-    rows_before = count_rows(cfg.output)
-    errors_before = count_rows(sfs.join(cfg.output, "_errors"))
     if files:
         with report.stage("pipeline"):
             totals = _run_pipeline(cfg, files, n_input_rows, masker_bytes, tables_bytes, embeddings)
@@ -286,8 +270,9 @@ def run(cfg: SeparateConfig) -> JobReport:
         for k in ("validate_s", "separate_s", "assemble_s"):
             report.stages_s["actors_" + k[:-2]] = totals.get(k, 0.0)
         report.extra["peak_actor_rss_mb"] = round(totals.get("peak_actor_rss_mb", 0.0), 1)
-    report.rows_out = count_rows(cfg.output) - rows_before
-    report.errors = count_rows(sfs.join(cfg.output, "_errors")) - errors_before + len(shard_errors)
+        report.rows_out = int(totals.get("good", 0)) * len(cfg.prompts)
+        report.errors = int(totals.get("errors", 0))
+    report.errors += len(shard_errors)
     report.skipped_done = n_input_rows - report.rows_in
     report.wall_s = time.perf_counter() - t_start
     report.extra.update(prompts=list(cfg.prompts), output=cfg.output, shards=len(files))
@@ -380,13 +365,7 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
 def main(argv: list[str] | None = None) -> int:
     from codecsep_core.prompt_encoder import PromptEncoderUnavailable
 
-    try:
-        report = run(parse_args(argv))
-    except (ValueError, FileNotFoundError, PromptEncoderUnavailable) as e:
-        print(f"codecsep separate: error: {e}")
-        return 2
-    report.emit()
-    return 0
+    return run_cli("separate", lambda: run(parse_args(argv)).emit(), (PromptEncoderUnavailable,))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jobs import config as job_config
-from jobs.runtime import JobReport, RayOptions, init_ray, setup_logging
+from jobs.runtime import JobReport, RayOptions, init_ray, run_cli, setup_logging
 from storage import fs as sfs
 from storage import shards
 
@@ -455,18 +455,15 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def body():
         cfg = parse_args(argv)
         cfg.check()
-    except ValueError as e:
-        print(f"codecsep train: {e}")
-        return 2
-    report = run(cfg)
-    if report.extra.get("prompt_encoder") == FIXED_ENCODER:
-        print("NOTE: CLAP was unavailable: prompts were embedded as FIXED RANDOM VECTORS, not CLAP embeddings.")
-    report.emit()
-    return 0
+        report = run(cfg)
+        if report.extra.get("prompt_encoder") == FIXED_ENCODER:
+            print("NOTE: CLAP was unavailable: prompts were embedded as FIXED RANDOM VECTORS, not CLAP embeddings.")
+        report.emit()
 
+    return run_cli("train", body)
 
 if __name__ == "__main__":
     raise SystemExit(main())
