@@ -5,9 +5,11 @@ training and held-out mixtures (prepare-train), trains the `tiny` masker (train)
 ingests the held-out mixtures (ingest), separates them for every prompt (separate),
 evaluates (evaluate), exports the separated clips as wav (export) and draws one figure
 per prompt (mixture latent, mask, separated latent). Official DAC and CLAP weights are
-used when they are on the machine; otherwise a fixed-seed random codec and fixed
-per-prompt vectors, which the output says plainly: the numbers then show that the
-machinery learns and separates, not the quality of CodecSep.
+used when they are on the machine; otherwise a fixed-seed random codec fitted to other
+generated audio (`synthetic.fitted_random_codec`) and fixed per-prompt vectors, which the
+output says plainly: the numbers then show that the machinery learns and separates, not
+the quality of CodecSep (the fitted codec's decoder stays random, so waveform SI-SDR is
+meaningless there). Every mixture holds one source of each kind at equal loudness.
 """
 from __future__ import annotations
 
@@ -47,16 +49,16 @@ def official_dac_weights() -> Path | None:
 
 
 def codec_weights(out: Path, seed: int) -> tuple[Path, bool]:
-    """(DAC checkpoint, official?): official weights when cached, else a fixed-seed random DAC 16 kHz."""
+    """(DAC checkpoint, official?): official weights when cached, else a fixed-seed random
+    DAC 16 kHz fitted to generated audio (`synthetic.fitted_random_codec`)."""
     official = official_dac_weights()
     if official is not None:
         return official, True
-    from codecsep_core.dac_codec import random_dac
+    from jobs import synthetic
 
-    path = out / "codec" / "random_dac16.pth"
+    path = out / "codec" / "fitted_random_dac16.pth"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        random_dac(seed).save(str(path), package=False)
+        synthetic.fitted_random_codec(path, seed)
     return path, False
 
 
@@ -124,12 +126,14 @@ def run(cfg: DemoConfig) -> str:
     t0 = time.perf_counter()
     out = Path(cfg.output).resolve()
     weights, official = codec_weights(out, cfg.seed)
-    notes = [f"codec: {'official DAC 16 kHz weights' if official else 'RANDOM-WEIGHT DAC 16 kHz (fixed seed): no official weights on this machine'} ({weights})"]
+    random_codec = ("RANDOM-WEIGHT DAC 16 kHz (fixed seed), its latent and quantizer fitted to generated audio, "
+                    "its decoder random (waveform SI-SDR is meaningless): no official weights on this machine")
+    notes = [f"codec: {'official DAC 16 kHz weights' if official else random_codec} ({weights})"]
     init_ray(cfg.ray)
     fast = ray_overrides(cfg)
     synthetic.write_sources(out / "sources" / "train", cfg.train_sources_per_kind, cfg.clip_seconds, seed=cfg.seed)
     synthetic.write_sources(out / "sources" / "heldout", cfg.heldout_sources_per_kind, cfg.clip_seconds, seed=cfg.seed + 1)
-    common = [f"segment_seconds={cfg.segment_seconds}", "mixing.sources_per_mix=[2,3]", *fast]
+    common = [f"segment_seconds={cfg.segment_seconds}", "mixing.sources_per_mix=[3,3]", "mixing.gain_db=[0,0]", *fast]
     prepare_train.run(prepare_train.parse_args([str(out / "sources" / "train"), str(out / "data"), "--codec-weights", str(weights),
                                                 f"mixing.n_mixtures={cfg.train_mixtures}", "val_fraction=0.15", *common]))
     prepare_train.run(prepare_train.parse_args([str(out / "sources" / "heldout"), str(out / "heldout"), "--codec-weights", str(weights),

@@ -2,7 +2,8 @@
 
 "tone" (harmonic stacks with a slow envelope), "noise" (band-limited noise bursts) and
 "clicks" (decaying impulse trains) differ in pitch, spectrum and time structure, so a
-separator has something real to learn even with a random-weight codec.
+separator has something real to learn. Where no DAC weights can be downloaded,
+`fitted_random_codec` makes the codec these sources are encoded with.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 KINDS = ("tone", "noise", "clicks")
+CODEC_FIT_STREAM = 7919  # keeps the codec's fitting sources apart from write_sources' seeds
 
 
 def tone(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
@@ -46,9 +48,11 @@ GENERATORS = {"tone": tone, "noise": noise, "clicks": clicks}
 
 
 def source(kind: str, seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray:
-    """float32 [n] at peak 0.5."""
+    """float32 [n] at RMS 0.1 (peaks at most 0.9): kinds of equal loudness, so none is
+    buried in a mixture."""
     x = GENERATORS[kind](int(seconds * rate), rate, rng)
-    return (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+    x = 0.1 * x / (np.sqrt(np.mean(x**2)) + 1e-9)
+    return (x / max(1.0, np.abs(x).max() / 0.9)).astype(np.float32)
 
 
 def write_sources(folder: str | Path, per_kind: int, seconds: float, rate: int = 16000, seed: int = 0) -> Path:
@@ -68,3 +72,21 @@ def write_sources(folder: str | Path, per_kind: int, seconds: float, rate: int =
             writer.writerow([f"{kind}/{k:03d}.wav", kind])
     (folder / "captions.csv").write_text(buf.getvalue())
     return folder
+
+
+def fitted_random_codec(path: str | Path, seed: int = 0, per_kind: int = 20, seconds: float = 1.0, rate: int = 16000) -> Path:
+    """A fixed-seed random DAC 16 kHz fitted (`codecsep_core.codec_fit`) to sources of every
+    kind and to their mixtures, saved at `path` as DAC saves a checkpoint: the stand-in for
+    trained DAC weights. Its sources are drawn apart from any that `write_sources` makes
+    (as a real codec is trained on other audio than the separator's): fitted on the
+    separator's own training sources, it would represent held-out ones worse."""
+    from codecsep_core.codec_fit import fit_to_audio
+    from codecsep_core.dac_codec import random_dac
+
+    rng = np.random.default_rng([seed, CODEC_FIT_STREAM])
+    by_kind = [[source(kind, seconds, rate, rng) for _ in range(per_kind)] for kind in KINDS]
+    mixtures = [sum(group) for group in zip(*by_kind)]
+    model = fit_to_audio(random_dac(seed), [x for clips in by_kind for x in clips] + mixtures, seed=seed)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(path), package=False)
+    return Path(path)
