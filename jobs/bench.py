@@ -32,9 +32,9 @@ from jobs.runtime import RayOptions, init_ray, setup_logging
 log = logging.getLogger("codecsep.bench")
 
 # --quick: the same measurements on less data, in a few minutes.
-QUICK = ["batch_sizes=[1,8]", "repeats=2", "job_seconds=120", "job_actors=[1]", "length_seconds=[1,10,60]", "ingest_seconds=40",
+QUICK = ["batch_sizes=[1,8]", "repeats=2", "job_seconds=120", "job_actors=[1]", "job_repeats=1", "length_seconds=[1,10,60]", "ingest_seconds=40",
          "matmul_size=1536"]
-TARGETS = {"x_realtime": 250.0, "codes_vs_waveform_speedup": 100.0, "agreement": 0.99}
+TARGETS = {"x_realtime": 250.0, "codes_vs_waveform_speedup": 100.0, "agreement": 0.99, "job_vs_bare_loop": 0.9}
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,12 @@ class BenchConfig:
     repeats: int = 3
     waveform_repeats: int = 1
     ablation_prompts: int = 4
-    job_seconds: float = 600.0
+    job_seconds: float = 3600.0
     job_shards: int = 4
     job_actors: list[int] = field(default_factory=lambda: [1, 2])
     job_cpus: float = 2.0
     job_batch_size: int = 16
+    job_repeats: int = 2
     length_seconds: list[float] = field(default_factory=lambda: [1.0, 10.0, 60.0, 600.0])
     ingest_seconds: float = 120.0  # generated wav audio (clips of clip_seconds) for the ingest job
     matmul_size: int = 2048
@@ -293,23 +294,27 @@ def measure_lengths(cfg: BenchConfig, m: Models) -> list[dict]:
 
 
 def write_job_inputs(cfg: BenchConfig, m: Models, root: Path) -> dict:
-    """Code shards of random clips, the masker and codec tables files, a prompt table."""
+    """Code shards of random clips, the masker and codec tables files, a prompt table;
+    and one more shard (`warmup/`) of other clips, for the cold-start run."""
     import pyarrow.parquet as pq
 
     from storage.prompt_table import PromptTable, write_prompt_table
     from storage.schema import CODE_SHARD_SCHEMA, codes_to_arrow, table_from_columns
 
+    def write_shard(path: Path, ids: list[str], clips: list[np.ndarray]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table_from_columns({
+            "id": ids, "codes": codes_to_arrow(clips), "codec": ["dac_16khz"] * len(ids),
+            "sample_rate": [16000] * len(ids), "n_samples": [c.shape[1] * 320 for c in clips],
+        }, CODE_SHARD_SCHEMA), path)
+
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     n_clips = max(cfg.job_shards, round(cfg.job_seconds / cfg.clip_seconds))
     clips = [c.numpy().astype(np.uint16) for c in random_codes(n_clips, frames(cfg), gen)]
-    (root / "shards").mkdir(parents=True)
     for s, part in enumerate(np.array_split(np.arange(n_clips), cfg.job_shards)):
-        table = table_from_columns({
-            "id": [f"clip-{i:05d}" for i in part], "codes": codes_to_arrow([clips[i] for i in part]),
-            "codec": ["dac_16khz"] * len(part), "sample_rate": [16000] * len(part),
-            "n_samples": [clips[i].shape[1] * 320 for i in part],
-        }, CODE_SHARD_SCHEMA)
-        pq.write_table(table, root / "shards" / f"shard-{s:03d}.parquet")
+        write_shard(root / "shards" / f"shard-{s:03d}.parquet", [f"clip-{i:05d}" for i in part], [clips[i] for i in part])
+    warmup = [c.numpy().astype(np.uint16) for c in random_codes(cfg.job_batch_size, frames(cfg), gen)]
+    write_shard(root / "warmup" / "shard-000.parquet", [f"warmup-{i:05d}" for i in range(len(warmup))], warmup)
     save_masker(m.masker, root / "masker.safetensors")
     m.tables.save(root / "tables.safetensors")
     names = [f"prompt {i}" for i in range(cfg.n_prompts)]
@@ -319,7 +324,13 @@ def write_job_inputs(cfg: BenchConfig, m: Models, root: Path) -> dict:
 
 def measure_job(cfg: BenchConfig, m: Models) -> dict:
     """`jobs.separate.run` (embedded Ray, local folder) per actor count, against the bare
-    `Separator.separate` loop on the same clips in this process."""
+    `Separator.separate` loop on the same clips in this process.
+
+    Ray is started, and a first job run on one batch of other clips, before the timed
+    runs: a driver's first Ray Data job pays one-time set-up (measured here as
+    `cold_start_s`, reported apart), which a cluster pays once per driver, not per clip.
+    Every timed run still starts its own actors and loads its models. Bare loop and job
+    runs alternate `job_repeats` times; the fastest of each is kept."""
     from jobs.separate import SeparateConfig, run
 
     with tempfile.TemporaryDirectory(prefix="codecsep-bench-") as tmp:
@@ -329,31 +340,44 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
         audio_s = len(clips) * frames(cfg) / 50 * cfg.n_prompts
         sep = Separator(m.tables, m.masker, cfg.separator)
         prompts = m.prompts[: cfg.n_prompts]
+        batches = [clips[i : i + cfg.job_batch_size] for i in range(0, len(clips), cfg.job_batch_size)]
 
-        def bare_loop():
-            for i in range(0, len(clips), cfg.job_batch_size):
-                sep.separate(clips[i : i + cfg.job_batch_size], prompts)
+        def bare_loop() -> float:
+            t0 = time.perf_counter()
+            for batch in batches:
+                sep.separate(batch, prompts)
+            return time.perf_counter() - t0
 
-        bare = best_time(bare_loop, 1)
-        init_ray(RayOptions())  # started once, outside the timed runs
-        runs = []
-        for actors in cfg.job_actors:
-            job = SeparateConfig(
-                input=str(root / "shards"), output=str(root / f"out-{actors}"), prompts=inputs["prompts"],
+        def job(src: str, dst: str, actors: int) -> SeparateConfig:
+            return SeparateConfig(
+                input=str(root / src), output=str(root / dst), prompts=inputs["prompts"],
                 masker=str(root / "masker.safetensors"), codec_tables=str(root / "tables.safetensors"),
                 prompt_table=str(root / "prompts.parquet"), separator=cfg.separator,
                 ray=RayOptions(num_actors=actors, num_cpus_per_actor=cfg.job_cpus / actors, batch_size=cfg.job_batch_size),
             )
-            report = run(job)
-            runs.append({
-                "actors": actors, "cpus_per_actor": cfg.job_cpus / actors, "wall_s": report.wall_s,
-                "audio_hours": report.audio_hours, "x_realtime": audio_s / report.wall_s,
-                "rows_out": report.rows_out, "errors": report.errors,
-                "peak_actor_rss_mb": report.extra.get("peak_actor_rss_mb"), "stages_s": report.stages_s,
-            })
-            log.info("job: %s", runs[-1])
+
+        sep.separate(batches[0], prompts)  # warm-up
+        init_ray(RayOptions())
+        cold = run(job("warmup", "out-warmup", 1))
+        bare, runs = [], []
+        for repeat in range(cfg.job_repeats):  # interleaved, so that a noisy spell hits both
+            bare.append(bare_loop())
+            for actors in cfg.job_actors:
+                report = run(job("shards", f"out-{actors}-{repeat}", actors))
+                compute = report.stages_s.get("actors_separate", 0.0) / actors
+                runs.append({
+                    "actors": actors, "cpus_per_actor": cfg.job_cpus / actors, "wall_s": report.wall_s,
+                    "audio_hours": report.audio_hours, "x_realtime": audio_s / report.wall_s,
+                    "rows_out": report.rows_out, "errors": report.errors, "actor_compute_s": compute,
+                    "outside_compute_s": report.wall_s - compute,
+                    "peak_actor_rss_mb": report.extra.get("peak_actor_rss_mb"), "stages_s": report.stages_s,
+                })
+                log.info("job: %s", runs[-1])
+    runs = [min((r for r in runs if r["actors"] == a), key=lambda r: r["wall_s"]) for a in cfg.job_actors]
+    bare = min(bare)
     best = max(runs, key=lambda r: r["x_realtime"])
     return {"clips": len(clips), "audio_seconds": audio_s, "bare_loop_s": bare, "bare_loop_x_realtime": audio_s / bare,
+            "cold_start_s": cold.wall_s - cold.stages_s.get("actors_separate", 0.0),
             "runs": runs, "job_vs_bare_loop": best["x_realtime"] / (audio_s / bare)}
 
 
@@ -404,8 +428,9 @@ def summarize(cfg: BenchConfig, macs: dict, peaks: dict, speed: list[dict], agre
         "separator_x_realtime": fastest_ok["x_realtime"],
         "separator_fastest": {k: fastest[k] for k in ("precision", "batch", "x_realtime")},
         "separator_fastest_agreeing": {k: fastest_ok[k] for k in ("precision", "batch", "x_realtime")},
-        "fraction_of_machine_peak": fastest["x_realtime"] * flops_per_audio_s / 1e9 / peaks[fastest["precision"]],
-        "fraction_of_machine_peak_agreeing": fastest_ok["x_realtime"] * flops_per_audio_s / 1e9 / peaks[fastest_ok["precision"]],
+        # Of the matmul peak in the dtype the configuration computes in.
+        "fraction_of_machine_peak": fastest_ok["x_realtime"] * flops_per_audio_s / 1e9 / peaks[fastest_ok["precision"]],
+        "fraction_of_machine_peak_fastest": fastest["x_realtime"] * flops_per_audio_s / 1e9 / peaks[fastest["precision"]],
         # The x-realtime a perfect kernel would reach at this machine's peak, per dtype.
         "x_realtime_ceiling": {p: v * 1e9 / flops_per_audio_s for p, v in peaks.items()},
     }
@@ -414,6 +439,7 @@ def summarize(cfg: BenchConfig, macs: dict, peaks: dict, speed: list[dict], agre
         "codes_vs_waveform_speedup >= 100": out["codes_vs_waveform_speedup"] >= TARGETS["codes_vs_waveform_speedup"],
         "separator GMAC/s <= published masker": macs["separator_gmacs_per_audio_second"]
         <= macs["published_masker_gmacs_per_audio_second"],
+        "fraction_of_machine_peak >= 0.5 (fastest agreeing config, its dtype)": out["fraction_of_machine_peak"] >= 0.5,
     }
     return out
 
@@ -440,7 +466,8 @@ def to_markdown(res: dict) -> str:
                                                                           s["separator_fastest_agreeing"]["batch"]), s["separator_x_realtime"]],
         ["fastest config x-realtime (%s, batch %d)" % (s["separator_fastest"]["precision"], s["separator_fastest"]["batch"]),
          s["separator_fastest"]["x_realtime"]],
-        ["fraction_of_machine_peak (fastest config)", s["fraction_of_machine_peak"]],
+        ["fraction_of_machine_peak (fastest agreeing config, of its dtype's matmul peak)", s["fraction_of_machine_peak"]],
+        ["fraction of machine peak, fastest config", s["fraction_of_machine_peak_fastest"]],
         ["x-realtime ceiling at matmul peak (fp32 / bf16)", " / ".join(f"{v:.0f}" for v in s["x_realtime_ceiling"].values())],
         ["job_vs_bare_loop", job["job_vs_bare_loop"]],
     ])
@@ -457,11 +484,13 @@ def to_markdown(res: dict) -> str:
         res["config"]["speedup_batch"], res["config"]["ablation_prompts"]), ""]
     lines += _table(["step", "s", "x-realtime", "frame agreement vs published"],
                     [[r["step"], r["seconds"], r["x_realtime"], r["frame_agreement"]] for r in res["ablation"]])
-    lines += ["", "**Separation job** (embedded Ray, %d clips, %.0f s audio; bare loop %.1fx realtime)" % (
-        job["clips"], job["audio_seconds"], job["bare_loop_x_realtime"]), ""]
-    lines += _table(["actors", "CPUs/actor", "wall s", "x-realtime", "vs bare loop", "peak actor RSS MB"],
+    lines += ["", "**Separation job** (embedded Ray, %d clips, %.0f s audio; bare loop %.1fx realtime; a driver's "
+              "first job also pays %.1f s of one-time set-up, not in these runs)" % (
+                  job["clips"], job["audio_seconds"], job["bare_loop_x_realtime"], job["cold_start_s"]), ""]
+    lines += _table(["actors", "CPUs/actor", "wall s", "x-realtime", "vs bare loop", "s outside actor compute", "peak actor RSS MB"],
                     [[r["actors"], r["cpus_per_actor"], r["wall_s"], r["x_realtime"],
-                      r["x_realtime"] / job["bare_loop_x_realtime"], r["peak_actor_rss_mb"]] for r in job["runs"]])
+                      r["x_realtime"] / job["bare_loop_x_realtime"], r["outside_compute_s"], r["peak_actor_rss_mb"]]
+                     for r in job["runs"]])
     ing = res["ingest"]
     lines += ["", "**Ingest job** (embedded Ray, 1 actor x 2 CPUs, %d wav files, %.0f s audio, half resampled from 44.1 kHz)" % (
         ing["files"], ing["audio_seconds"]), ""]
@@ -514,6 +543,7 @@ def run(cfg: BenchConfig) -> dict:
     res.update({k: res["summary"][k] for k in (
         "codes_vs_waveform_speedup", "separator_gmacs_per_audio_second", "separator_x_realtime", "fraction_of_machine_peak")})
     res["job_vs_bare_loop"] = res["job"]["job_vs_bare_loop"]
+    res["summary"]["targets"]["job_vs_bare_loop >= 0.9"] = res["job_vs_bare_loop"] >= TARGETS["job_vs_bare_loop"]
     res["bench_wall_s"] = time.perf_counter() - t0
     return res
 

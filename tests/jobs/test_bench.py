@@ -11,7 +11,7 @@ from codecsep_core import Masker, MaskerConfig
 
 TINY = [
     "masker_preset=tiny", "clip_seconds=1", "batch_sizes=[1,2]", "speedup_batch=2", "waveform_max_batch=2",
-    "repeats=1", "ablation_prompts=2", "job_seconds=4", "job_shards=2", "job_actors=[1]", "job_cpus=1",
+    "repeats=1", "ablation_prompts=2", "job_seconds=4", "job_shards=2", "job_actors=[1]", "job_repeats=1", "job_cpus=1",
     "job_batch_size=2", "length_seconds=[1,2]", "ingest_seconds=2", "matmul_size=256", "docs=null",
 ]
 REQUIRED = ["codes_vs_waveform_speedup", "separator_gmacs_per_audio_second", "separator_x_realtime",
@@ -58,9 +58,11 @@ def test_ratios_are_computed_from_the_measured_times(bench):
     ingest = res["ingest"]
     assert (ingest["files"], ingest["errors"]) == (2, 0)
     assert ingest["x_realtime"] == pytest.approx(ingest["audio_seconds"] / ingest["wall_s"])
-    fastest = res["summary"]["separator_fastest"]
-    achieved = fastest["x_realtime"] * 2 * res["separator_gmacs_per_audio_second"]
-    assert res["fraction_of_machine_peak"] == pytest.approx(achieved / res["matmul_peak_gflops"][fastest["precision"]])
+    for key, config in (("fraction_of_machine_peak", "separator_fastest_agreeing"),
+                        ("fraction_of_machine_peak_fastest", "separator_fastest")):
+        run = res["summary"][config]
+        achieved = run["x_realtime"] * 2 * res["separator_gmacs_per_audio_second"]
+        assert res["summary"][key] == pytest.approx(achieved / res["matmul_peak_gflops"][run["precision"]]), key
 
 
 def test_attention_is_counted_and_the_codec_costs_more_than_the_separator(bench):
