@@ -133,7 +133,7 @@ def run(cfg: DemoConfig) -> str:
     fast = ray_overrides(cfg)
     synthetic.write_sources(out / "sources" / "train", cfg.train_sources_per_kind, cfg.clip_seconds, seed=cfg.seed)
     synthetic.write_sources(out / "sources" / "heldout", cfg.heldout_sources_per_kind, cfg.clip_seconds, seed=cfg.seed + 1)
-    common = [f"segment_seconds={cfg.segment_seconds}", "mixing.sources_per_mix=[3,3]", "mixing.gain_db=[0,0]", *fast]
+    common = [f"segment_seconds={cfg.segment_seconds}", *synthetic.EVERY_KIND_MIXING, *fast]
     prepare_train.run(prepare_train.parse_args([str(out / "sources" / "train"), str(out / "data"), "--codec-weights", str(weights),
                                                 f"mixing.n_mixtures={cfg.train_mixtures}", "val_fraction=0.15", *common]))
     prepare_train.run(prepare_train.parse_args([str(out / "sources" / "heldout"), str(out / "heldout"), "--codec-weights", str(weights),

@@ -15,6 +15,8 @@ import numpy as np
 
 KINDS = ("tone", "noise", "clicks")
 CODEC_FIT_STREAM = 7919  # keeps the codec's fitting sources apart from write_sources' seeds
+# prepare-train overrides: every mixture one source of each kind, at equal loudness.
+EVERY_KIND_MIXING = ["mixing.sources_per_mix=[3,3]", "mixing.gain_db=[0,0]"]
 
 
 def tone(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:

@@ -20,7 +20,6 @@ from storage import shards
 
 FAST = ["ray.num_cpus_per_actor=2"]
 REPO = Path(__file__).resolve().parents[2]
-EVERY_KIND = ["mixing.sources_per_mix=[3,3]", "mixing.gain_db=[0,0]"]
 
 
 def prepare(src, dst, weights, *extra):
@@ -48,9 +47,9 @@ def synthetic_sets(tmp_path_factory, ray_session):
     synthetic.write_sources(root / "src_train", per_kind=10, seconds=1.5, seed=0)
     synthetic.write_sources(root / "src_heldout", per_kind=2, seconds=1.5, seed=1)
     weights = synthetic.fitted_random_codec(root / "codec.pth")
-    prepare(root / "src_train", root / "data", weights, "mixing.n_mixtures=30", "val_fraction=0.2", *EVERY_KIND)
+    prepare(root / "src_train", root / "data", weights, "mixing.n_mixtures=30", "val_fraction=0.2", *synthetic.EVERY_KIND_MIXING)
     prepare(root / "src_heldout", root / "heldout", weights, "mixing.n_mixtures=6", "val_fraction=0",
-            "mixing.seed=1", "keep_audio=true", *EVERY_KIND)
+            "mixing.seed=1", "keep_audio=true", *synthetic.EVERY_KIND_MIXING)
     return root
 
 
