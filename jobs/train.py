@@ -343,7 +343,8 @@ def read_split(ray, uri: str, with_audio: bool):
 
     columns = ["prompt", "mix_codes", "target_codes"] + (["target_audio"] if with_audio else [])
     fs, _ = pyarrow_fs(uri)
-    return ray.data.read_parquet([sfs.resolve(u)[1] for u in shards.list_shards(uri)], filesystem=fs, columns=columns)
+    paths = [sfs.resolve(u)[1] for u in shards.list_shards(uri)]
+    return ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)  # projection is pushed into the read
 
 
 def has_column(uri: str, name: str) -> bool:
