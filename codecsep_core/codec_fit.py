@@ -40,13 +40,18 @@ def _principal(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.linalg.svd(x - mean, full_matrices=False)[2][:k]
 
 
+def _nearest(e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of each point's code under DAC's rule: the highest cosine similarity."""
+    return (F.normalize(e) @ F.normalize(codebook).T).argmax(1)
+
+
 def _cosine_kmeans(e: torch.Tensor, n_codes: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    """Codebook [n_codes, k] for points e [N, k], where a point picks the code of highest
-    cosine similarity (DAC's rule) and a code is the mean of the points that pick it."""
+    """Codebook [n_codes, k] for points e [N, k], where a point picks its code by `_nearest`
+    and a code is the mean of the points that pick it."""
     codebook = e[torch.randint(len(e), (n_codes,), generator=gen)]
     codebook = codebook * (1 + 0.01 * torch.randn(codebook.shape, generator=gen))  # break ties between repeats
     for _ in range(iters):
-        idx = (F.normalize(e) @ F.normalize(codebook).T).argmax(1)
+        idx = _nearest(e, codebook)
         sums = torch.zeros_like(codebook).index_add_(0, idx, e)
         counts = torch.bincount(idx, minlength=n_codes)[:, None]
         codebook = torch.where(counts > 0, sums / counts.clamp(min=1), codebook)
@@ -87,7 +92,7 @@ def fit_to_audio(model, clips: Sequence[np.ndarray], rank: int = 24, kmeans_iter
         _set_weight_norm(stage.in_proj, directions[:, :, None], -(directions @ stage_mean))
         _set_weight_norm(stage.out_proj, directions.T.contiguous()[:, :, None], stage_mean)
         stage.codebook.weight.copy_(codebook)
-        idx = (F.normalize(e) @ F.normalize(codebook).T).argmax(1)
+        idx = _nearest(e, codebook)
         residual = residual - (codebook[idx] @ directions + stage_mean)
     log.info("fitted DAC to %d frames: quantizer leaves %.1f%% of the latent's energy",
              len(frames), 100 * float(residual.pow(2).sum() / energy))

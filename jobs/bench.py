@@ -322,6 +322,12 @@ def write_job_inputs(cfg: BenchConfig, m: Models, root: Path) -> dict:
     return {"clips": [torch.from_numpy(c.astype(np.int64)) for c in clips], "prompts": names}
 
 
+def outside_compute_s(report, actors: int) -> float:
+    """A job's wall time less its actors' separation time (spread over `actors`): start-up,
+    model loading, reading and writing."""
+    return report.wall_s - report.stages_s.get("actors_separate", 0.0) / actors
+
+
 def measure_job(cfg: BenchConfig, m: Models) -> dict:
     """`jobs.separate.run` (embedded Ray, local folder) per actor count, against the bare
     `Separator.separate` loop on the same clips in this process.
@@ -364,12 +370,11 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
             bare.append(bare_loop())
             for actors in cfg.job_actors:
                 report = run(job("shards", f"out-{actors}-{repeat}", actors))
-                compute = report.stages_s.get("actors_separate", 0.0) / actors
                 runs.append({
                     "actors": actors, "cpus_per_actor": cfg.job_cpus / actors, "wall_s": report.wall_s,
                     "audio_hours": report.audio_hours, "x_realtime": audio_s / report.wall_s,
-                    "rows_out": report.rows_out, "errors": report.errors, "actor_compute_s": compute,
-                    "outside_compute_s": report.wall_s - compute,
+                    "rows_out": report.rows_out, "errors": report.errors,
+                    "outside_compute_s": outside_compute_s(report, actors),
                     "peak_actor_rss_mb": report.extra.get("peak_actor_rss_mb"), "stages_s": report.stages_s,
                 })
                 log.info("job: %s", runs[-1])
@@ -377,7 +382,7 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
     best = max(fastest, key=lambda r: r["x_realtime"])
     return {"clips": len(clips), "audio_seconds": audio_s, "bare_loop_s": min(bare), "bare_loop_x_realtime": audio_s / min(bare),
             "bare_loop_s_repeats": bare, "wall_s_repeats": {a: [r["wall_s"] for r in runs if r["actors"] == a] for a in cfg.job_actors},
-            "cold_start_s": cold.wall_s - cold.stages_s.get("actors_separate", 0.0),
+            "cold_start_s": outside_compute_s(cold, 1),
             "runs": fastest, "job_vs_bare_loop": best["x_realtime"] / (audio_s / min(bare))}
 
 
