@@ -39,6 +39,18 @@ def codec_name(sample_rate: int) -> str:
     return f"dac_{sample_rate // 1000}khz"
 
 
+# The official DAC models (DAC's own configs): what a row's `codec` may name, known
+# before any weights are loaded.
+DAC_CODECS = {
+    info.name: info
+    for info in (
+        CodecInfo("dac_16khz", 16000, 320, n_codebooks=12, codebook_size=1024, codebook_dim=8, latent_dim=1024),
+        CodecInfo("dac_24khz", 24000, 320, n_codebooks=32, codebook_size=1024, codebook_dim=8, latent_dim=1024),
+        CodecInfo("dac_44khz", 44100, 512, n_codebooks=9, codebook_size=1024, codebook_dim=8, latent_dim=1024),
+    )
+}
+
+
 def _weight_norm(state: dict, prefix: str) -> torch.Tensor:
     """Effective weight of a weight-normed conv, from either weight-norm API's state dict."""
     if prefix + "weight_v" in state:  # torch.nn.utils.weight_norm (what DAC 1.0 uses)

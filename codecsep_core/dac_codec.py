@@ -122,11 +122,20 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return julius.resample_frac(x, int(from_rate), int(to_rate)).numpy()
 
 
+SURROUND_5_1_MEASURED = [0, 1, 2, 4, 5]  # L R C Ls Rs: BS.1770 leaves out the LFE (channel 3)
+
+
 def loudness_db(audio: np.ndarray, sample_rate: int) -> float:
     """Integrated loudness (ITU-R BS.1770, LUFS) of all channels together, with DAC's meter
-    (audiotools), so it is the `input_db` a `.dac` file records. Silence gives -70."""
+    (audiotools), so it is the `input_db` a `.dac` file records. Silence gives -70.
+    audiotools weighs up to 5 channels (L R C Ls Rs); 5.1 audio is measured as BS.1770
+    says, without its LFE channel. Other layouts of more than 5 channels are refused."""
     from audiotools import AudioSignal
 
+    if audio.shape[0] == 6:
+        audio = audio[SURROUND_5_1_MEASURED]
+    elif audio.shape[0] > 6:
+        raise ValueError(f"{audio.shape[0]} channels: loudness is measured for up to 5.1 (6 channels) only")
     signal = AudioSignal(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None], sample_rate)
     return float(signal.loudness()[0])
 

@@ -9,21 +9,35 @@ from codecsep_core.masker import Masker, MaskerConfig
 FORMAT = "codecsep.masker.v1"
 
 
-def masker_to_bytes(masker: Masker) -> bytes:
-    return model_io.pack(masker.state_dict(), FORMAT, masker.config.to_dict())
+ENCODER_KEY = "prompt_encoder"  # metadata: the encoder of the prompt vectors it was trained on
 
 
-def save_masker(masker: Masker, path: str | Path) -> None:
-    model_io.write(path, masker_to_bytes(masker))
+def masker_to_bytes(masker: Masker, prompt_encoder: str | None = None) -> bytes:
+    extra = {ENCODER_KEY: prompt_encoder} if prompt_encoder else {}
+    return model_io.pack(masker.state_dict(), FORMAT, masker.config.to_dict(), **extra)
 
 
-def load_masker(src: model_io.Source, expect: MaskerConfig | None = None) -> Masker:
-    """From a local path or the file's bytes. `expect`: refuse a file of another config."""
+def save_masker(masker: Masker, path: str | Path, prompt_encoder: str | None = None) -> None:
+    model_io.write(path, masker_to_bytes(masker, prompt_encoder))
+
+
+def masker_config(src: model_io.Source) -> MaskerConfig:
+    """The masker's config, without building it."""
+    import json
+
+    return MaskerConfig.from_dict(json.loads(model_io.metadata(src)["config"]))
+
+
+def masker_prompt_encoder(src: model_io.Source) -> str | None:
+    """The prompt encoder the masker was trained with, when its file records one: prompt
+    vectors of any other encoder mean nothing to it."""
+    return model_io.metadata(src).get(ENCODER_KEY)
+
+
+def load_masker(src: model_io.Source) -> Masker:
+    """From a local path or the file's bytes."""
     tensors, config = model_io.unpack(src, FORMAT)
     cfg = MaskerConfig.from_dict(config)
-    if expect is not None and cfg != expect:
-        diff = {k: (v, getattr(cfg, k)) for k, v in expect.to_dict().items() if getattr(cfg, k) != v}
-        raise ValueError(f"masker file has a different config (expected, found): {diff}")
     masker = Masker(cfg)
     own = masker.state_dict()
     missing, unexpected = own.keys() - tensors.keys(), tensors.keys() - own.keys()

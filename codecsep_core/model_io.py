@@ -20,11 +20,19 @@ def read_source(src: Source) -> bytes:
     return Path(src).read_bytes()
 
 
-def pack(tensors: dict[str, torch.Tensor], fmt: str, config: dict) -> bytes:
+def pack(tensors: dict[str, torch.Tensor], fmt: str, config: dict, **extra: str) -> bytes:
+    """`extra`: more string metadata (e.g. the prompt encoder a masker was trained with)."""
     from safetensors.torch import save
 
-    meta = {"format": fmt, "config": json.dumps(config)}
+    meta = {"format": fmt, "config": json.dumps(config), **extra}
     return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+
+
+def metadata(src: Source) -> dict[str, str]:
+    """The file's string metadata, without loading its tensors."""
+    data = read_source(src)
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]).get("__metadata__") or {}
 
 
 def unpack(src: Source, fmt: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -32,14 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if job not in JOBS:
         print(f"codecsep: unknown job {job!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    try:
-        module = importlib.import_module(f"jobs.{job.replace('-', '_')}")
-    except ModuleNotFoundError as e:
-        if e.name == f"jobs.{job.replace('-', '_')}":
-            print(f"codecsep: job {job!r} is not available in this version", file=sys.stderr)
-            return 2
-        raise
-    return module.main(rest)
+    return importlib.import_module(f"jobs.{job.replace('-', '_')}").main(rest)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""Typed job configs: YAML defaults from configs/<job>.yaml, then `key=value` overrides.
+"""Typed job configs: dataclass defaults, the YAML file (configs/<job>.yaml, shipped in the
+package), then flags, then `key=value` overrides.
 
 Every job's config is a dataclass (nested dataclasses for groups such as `ray`), so a typo
-in a YAML key or an override fails at start with the list of valid keys.
+in a YAML key or an override fails at start with the list of valid keys. Each default is
+defined once, in the dataclass; the YAML files repeat them as documentation, and a test
+fails when the two disagree.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib.resources
 import re
 import types
 import typing
@@ -13,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(str(importlib.resources.files("configs")))
 
 
 def default_config_path(job: str) -> Path:
-    return CONFIG_DIR / f"{job}.yaml"
+    return CONFIG_DIR / f"{job.replace('-', '_')}.yaml"
 
 
 def _field_types(cls) -> dict:
@@ -61,6 +66,33 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def flat_items(data: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested config dict -> [("ray.num_actors", 1), ...]."""
+    out: list[tuple[str, object]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out += flat_items(value, f"{prefix}{key}.")
+        else:
+            out.append((prefix + key, value))
+    return out
+
+
+def job_parser(job: str, cls, description: str) -> argparse.ArgumentParser:
+    """A job's parser: `--config` (its packaged YAML by default), `-v`, and a help text that
+    ends with every config key and its default, each settable as key=value."""
+    path = default_config_path(job)
+    defaults = flat_items(to_dict(load_config(cls, path)))
+    epilog = f"config keys (defaults from {path}; override any as key=value):\n" + "\n".join(
+        f"  {k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in defaults
+    )
+    parser = argparse.ArgumentParser(
+        prog=f"codecsep {job}", description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=str(path), help="YAML config file (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and library warnings")
+    return parser
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -39,7 +39,7 @@ class DemoConfig:
     max_steps: int = 200
     learning_rate: float = 0.002  # above the published 1.5e-4: the demo trains for minutes, not days
     seed: int = 0
-    ray: RayOptions = field(default_factory=lambda: RayOptions(num_cpus_per_actor=2.0))
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 def official_dac_weights() -> Path | None:
@@ -121,7 +121,7 @@ def figures(heldout: str, run: Path, folder: Path) -> list[Path]:
 
 def run(cfg: DemoConfig) -> str:
     """Runs every stage; -> the evaluation table (Markdown)."""
-    from jobs import evaluate, export, ingest, prepare_train, separate, synthetic, train
+    from jobs import evaluate, export, ingest, prepare_train, resolve, separate, synthetic, train
 
     t0 = time.perf_counter()
     out = Path(cfg.output).resolve()
@@ -146,7 +146,7 @@ def run(cfg: DemoConfig) -> str:
         "--fixed-prompts-if-offline", f"max_steps={cfg.max_steps}", f"val_every={cfg.max_steps // 2}",
         f"checkpoint_every={cfg.max_steps // 2}", "log_every=25", f"optimizer.lr={cfg.learning_rate}",
         f"segment_frames={round(cfg.segment_seconds * 50) + 2}", f"seed={cfg.seed}", *fast]))
-    fixed = report.extra["prompt_encoder"] == train.FIXED_ENCODER
+    fixed = report.extra["prompt_encoder"] == resolve.FIXED_ENCODER
     notes.append("prompts: " + ("FIXED RANDOM VECTORS per prompt string (no CLAP weights on this machine)" if fixed
                                 else f"CLAP embeddings ({report.extra['prompt_encoder']})"))
     write_mixtures(heldout, out / "mixtures")

@@ -1,13 +1,15 @@
 """`codecsep evaluate DATA OUTPUT --masker M`: separation metrics per prompt on a labelled set.
 
 DATA is a folder of prepare-train shards (mixture codes, target codes, prompt; optionally
-the audio). Per row, in code space (no codec nets):
+the audio). Every figure is of what `separate` writes: the mixture goes through the same
+`Separator` (windows, cross-fade, re-quantization with the codec's RVQ), and the metrics
+are computed on the separated codes. Per row, in code space (no codec nets):
 
-- latent SNR of M * Z_mix against Z_target, and of the two baselines: the identity mask
-  (Z_mix itself; the difference is the SNR improvement) and the same masker conditioned
-  on the set's other prompts ("wrong prompt");
-- code agreement: per codebook, the share of frames where the separated codes (masked,
-  re-quantized with the codec's RVQ, as `separate` outputs them) equal the target's.
+- latent SNR of the separated codes' latent against Z_target, and of the two baselines:
+  the identity (Z_mix itself; the difference is the SNR improvement) and the same masker
+  conditioned on the set's other prompts ("wrong prompt");
+- code agreement: per codebook, the share of frames where the separated codes equal the
+  target's.
 
 With `codec_weights` and audio in the shards (prepare-train keep_audio=true), also the
 waveform SI-SDR of the decoded separation against the reference stem, its improvement
@@ -19,16 +21,17 @@ Markdown table. Runs in the driver process: labelled sets are small.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from codecsep_core import SeparatorConfig
 from jobs import config as job_config
+from jobs import resolve
 from jobs.runtime import JobReport, run_cli, setup_logging
 from storage import fs as sfs
 from storage import shards
@@ -51,15 +54,15 @@ COLUMNS = [  # (key, header, format)
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    input: str | None = None
-    output: str | None = None
-    masker: str | None = None
-    codec_tables: str | None = None
-    codec_weights: str | None = None  # DAC checkpoint: waveform metrics (needs audio in the shards)
-    prompt_table: str | None = None  # prompts missing from it are embedded with CLAP
+    input: str | None = None  # URI of labelled shards (e.g. <prepare-train output>/val)
+    output: str | None = None  # URI of the folder for evaluation.md / evaluation.json
+    masker: str | None = None  # masker checkpoint (train writes <run>/masker.safetensors)
+    codec_tables: str | None = None  # codec tables (train writes <run>/codec_tables.safetensors); or codec_weights
+    codec_weights: str | None = None  # DAC checkpoint: enables waveform SI-SDR / SI-SDRi / oracle (needs audio)
+    prompt_table: str | None = None  # train writes <run>/prompts.parquet; missing prompts are embedded with CLAP
     clap_checkpoint: str | None = None
-    window_frames: int = 500  # masker window, as in separate
-    threads: int = 2
+    separator: SeparatorConfig = field(default_factory=SeparatorConfig)  # as `separate` runs it
+    threads: int = 2  # torch threads
 
     def check(self) -> None:
         missing = [k for k in ("input", "output", "masker") if not getattr(self, k)]
@@ -69,17 +72,6 @@ class EvaluateConfig:
             raise ValueError("set codec_tables or codec_weights")
 
 
-def masked_latents(masker, z, cond, window: int):
-    """M * Z for latent [D, T] under prompt vectors cond [P, C], window by window: [P, D, T]."""
-    import torch
-
-    out = []
-    for a in range(0, z.shape[1], window):
-        zw = z[:, a : a + window]
-        out.append(masker(zw.expand(cond.shape[0], -1, -1), cond) * zw)
-    return torch.cat(out, dim=2)
-
-
 def row_metrics(row: dict, ctx: dict) -> dict:
     """Every metric of one labelled row (see the module docstring)."""
     import torch
@@ -87,17 +79,17 @@ def row_metrics(row: dict, ctx: dict) -> dict:
     from codecsep_core.training import latent_snr, sisdr
     from storage.schema import codes_to_numpy
 
-    tables, masker, prompts = ctx["tables"], ctx["masker"], ctx["prompts"]
+    tables, vectors = ctx["tables"], ctx["vectors"]
     mix = torch.from_numpy(codes_to_numpy(row["mix_codes"]).astype(np.int64))
     tgt = torch.from_numpy(codes_to_numpy(row["target_codes"]).astype(np.int64))
-    z_mix, z_t = tables.lookup(mix), tables.lookup(tgt)
     order = [row["prompt"]] + [p for p in ctx["set_prompts"] if p != row["prompt"]]
-    z_hat = masked_latents(masker, z_mix, torch.from_numpy(prompts.vectors(order)), ctx["window"])
+    separated = ctx["separator"].separate([mix], torch.from_numpy(np.stack([vectors[p] for p in order])))[0].codes.long()
+    z_hat, z_t = tables.lookup(separated), tables.lookup(tgt)
     snrs = latent_snr(z_hat, z_t[None].expand_as(z_hat)).tolist()
-    out = {"latent_snr": snrs[0], "latent_snr_identity": float(latent_snr(z_mix[None], z_t[None])[0]),
+    out = {"latent_snr": snrs[0], "latent_snr_identity": float(latent_snr(tables.lookup(mix)[None], z_t[None])[0]),
            "latent_snr_wrong_prompt": float(np.mean(snrs[1:])) if len(snrs) > 1 else float("nan")}
     out["latent_snri"] = out["latent_snr"] - out["latent_snr_identity"]
-    sep = ctx["separator"].separate([mix], torch.from_numpy(prompts.vectors([row["prompt"]])))[0].codes[0].long()
+    sep = separated[0]
     per_codebook = (sep == tgt).float().mean(1)
     out.update(code_agreement=float(per_codebook.mean()), code_agreement_mix=float((mix == tgt).float().mean()),
                code_agreement_per_codebook=per_codebook.tolist())
@@ -143,21 +135,16 @@ def markdown(summary: dict[str, dict]) -> str:
 def load_context(cfg: EvaluateConfig, set_prompts: list[str], with_audio: bool) -> dict:
     import torch
 
-    from codecsep_core import CodecTables, Separator, SeparatorConfig, load_masker
-    from jobs.train import build_prompt_table
-    from storage.prompt_table import read_prompt_table
+    from codecsep_core import CodecTables, Separator, load_masker, masker_prompt_encoder
 
     torch.set_num_threads(cfg.threads)
-    if cfg.codec_tables:
-        tables = CodecTables.load(sfs.read_bytes(cfg.codec_tables))
-    else:
-        tables = CodecTables.from_dac_checkpoint(sfs.read_bytes(cfg.codec_weights))
-    masker = load_masker(sfs.read_bytes(cfg.masker))
-    known = read_prompt_table(cfg.prompt_table) if cfg.prompt_table else None
-    prompts = build_prompt_table(set_prompts, known, cfg.clap_checkpoint, fixed_if_offline=False)
-    window = cfg.window_frames
-    ctx = {"tables": tables, "masker": masker, "prompts": prompts, "set_prompts": set_prompts, "window": window,
-           "separator": Separator(tables, masker, SeparatorConfig(window_frames=window, overlap_frames=0))}
+    tables = CodecTables.load(resolve.codec_tables(cfg.codec_tables, cfg.codec_weights))
+    masker_bytes = sfs.read_bytes(cfg.masker)
+    masker = load_masker(masker_bytes)
+    vectors, encoder = resolve.prompt_vectors(set_prompts, cfg.prompt_table, cfg.clap_checkpoint, masker.config.cond_dim,
+                                              masker_prompt_encoder(masker_bytes))
+    ctx = {"tables": tables, "vectors": dict(zip(set_prompts, vectors)), "encoder": encoder, "set_prompts": set_prompts,
+           "separator": Separator(tables, masker, cfg.separator)}
     if cfg.codec_weights and with_audio:
         from codecsep_core.dac_codec import DacCodec
 
@@ -189,20 +176,18 @@ def run(cfg: EvaluateConfig) -> tuple[JobReport, str]:
     report.rows_in = report.rows_out = table.num_rows
     report.audio_hours = float(np.sum(np.asarray(table["n_samples"]) / np.asarray(table["sample_rate"]))) / 3600
     report.wall_s = time.perf_counter() - t0
-    report.extra = {"output": cfg.output, "prompt_encoder": ctx["prompts"].encoder,
+    report.extra = {"output": cfg.output, "prompt_encoder": ctx["encoder"],
                     "summary": {p: {k: v for k, v in s.items() if k != "code_agreement_per_codebook"} for p, s in summary.items()}}
     return report, md
 
 
 def parse_args(argv: list[str] | None) -> EvaluateConfig:
-    p = argparse.ArgumentParser(prog="codecsep evaluate", description=__doc__.splitlines()[0])
+    p = job_config.job_parser("evaluate", EvaluateConfig, __doc__.splitlines()[0])
     p.add_argument("args", nargs="*", metavar="DATA OUTPUT [key=value ...]")
-    p.add_argument("--config", default=str(job_config.default_config_path("evaluate")))
     p.add_argument("--masker", help="masker checkpoint URI")
     p.add_argument("--codec-tables", help="codec tables URI")
     p.add_argument("--codec-weights", help="DAC checkpoint URI (waveform metrics)")
     p.add_argument("--prompt-table", help="prompt table URI (train writes <run>/prompts.parquet)")
-    p.add_argument("-v", "--verbose", action="store_true")
     a, (data, output), overrides = job_config.parse_paths(p, argv, names=("DATA", "OUTPUT"))
     setup_logging(a.verbose)
     return job_config.load_config(EvaluateConfig, a.config, overrides, input=data, output=output, masker=a.masker,
@@ -217,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         report.emit()
 
-    return run_cli("evaluate", body)
+    return run_cli("evaluate", body, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -19,19 +19,17 @@ Codes come from the DAC encoder (`codecsep_core.dac_codec`). Rows go to DST/trai
 DST/val (split by clip, `val_fraction`); `keep_audio=true` also stores the mixture and
 stem audio at the codec rate, which waveform metrics (evaluate) and the SI-SDR loss use.
 
-from_items(one item per mixture) -> map_batches(PrepareBatch) on an actor pool; each
-call writes its rows as shards named after its mixtures, so a rerun replaces them.
+The driver plans one work item per mixture (all random draws made there, seeded); the
+stage reads and mixes the audio, encodes it, and returns its rows, which the runner writes
+to DST/train or DST/val (resumable like every job, keyed on `mix_id`).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
 import logging
-import math
 import posixpath
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -39,13 +37,14 @@ import numpy as np
 import pyarrow as pa
 
 from jobs import config as job_config
-from jobs.inputs import AUDIO_SUFFIXES, batch_prefix, check_weights_codec, read_audio, read_codec_weights
-from jobs.runtime import (
-    JobReport, RayOptions, add_ray_arguments, init_ray, ray_values, run_cli, setup_logging, sum_summaries,
-)
+from jobs import resolve
+from jobs.inputs import AUDIO_SUFFIXES, read_audio
+from jobs.runner import Items, run_stage
+from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, ray_values, run_cli, setup_logging
+from jobs.sources import DIR
+from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
 from storage import fs as sfs
-from storage import shards
-from storage.schema import DAC_CODECS, codes_to_arrow
+from storage.schema import codes_to_arrow
 
 log = logging.getLogger("codecsep.prepare_train")
 
@@ -69,15 +68,15 @@ class PrepareTrainConfig:
     output: str | None = None
     layout: str = "auto"  # auto | dnr | generic
     captions: str = "captions.csv"  # generic layout: file,caption (relative to SRC)
-    codec: str = "dac_16khz"
+    codec: str | None = None  # null: the codec of codec_weights (dac_16khz without weights)
     codec_weights: str | None = None  # DAC checkpoint URI; null: DAC's official download
     segment_seconds: float = 2.0  # mixture length (the masker's training window in the paper)
     val_fraction: float = 0.1
     keep_audio: bool = False
     window_seconds: float = 5.0  # encoder window
-    max_rows_per_shard: int = 1000
     mixing: MixingConfig = field(default_factory=MixingConfig)
-    ray: RayOptions = field(default_factory=RayOptions)
+    ray: RayOptions = field(default_factory=lambda: RayOptions(num_cpus_per_actor=1.0))
+    run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
         missing = [k for k in ("input", "output") if not getattr(self, k)]
@@ -85,8 +84,7 @@ class PrepareTrainConfig:
             raise ValueError(f"missing setting(s): {', '.join(missing)} (codecsep prepare-train SRC DST)")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.codec not in DAC_CODECS:
-            raise ValueError(f"codec must be one of {sorted(DAC_CODECS)}, got {self.codec!r}")
+        resolve.check_codec_name(self.codec)
         if self.segment_seconds <= 0 or not 0 <= self.val_fraction < 1:
             raise ValueError("segment_seconds must be positive and val_fraction in [0, 1)")
         lo, hi = self.mixing.sources_per_mix
@@ -220,72 +218,55 @@ def normalise(mix: np.ndarray, stems: list[np.ndarray], rate: int) -> tuple[np.n
     return (mix * gain).astype(np.float32), [(s * gain).astype(np.float32) for s in stems]
 
 
-# --------------------------------------------------------------------------- actor
+# --------------------------------------------------------------------------- stage
 
 
-class PrepareBatch:
-    """Ray Data callable class: mixtures in, rows written as shards, one summary row out."""
+class PrepareStage(Stage):
+    """Mixtures in, one row per (mixture, target) out, routed to its split's folder."""
 
-    def __init__(self, output: str, weights, window_seconds: float, segment_seconds: float, keep_audio: bool,
-                 max_rows_per_shard: int, s3: sfs.S3Options, num_threads: int):
-        self.output, self.s3, self.keep_audio = output, s3, keep_audio
-        self.segment_seconds = segment_seconds
-        self.shard_options = shards.ShardOptions(max_rows=max_rows_per_shard)
-        self._weights, self._window_seconds, self._num_threads = weights, window_seconds, num_threads
-        self._codec = None
+    name = "prepare-train"
+    key = "mix_id"
 
-    @property
-    def codec(self):
-        if self._codec is None:
-            import ray
-            import torch
+    def __init__(self, weights: bytes, window_seconds: float, segment_seconds: float, keep_audio: bool):
+        self.weights, self.window_seconds = weights, window_seconds
+        self.segment_seconds, self.keep_audio = segment_seconds, keep_audio
 
-            from codecsep_core.dac_codec import DacCodec
+    def setup(self, device: str) -> None:
+        from codecsep_core.dac_codec import DacCodec
 
-            torch.set_num_threads(self._num_threads)
-            self._codec = DacCodec.load(ray.get(self._weights), window_seconds=self._window_seconds)
-        return self._codec
+        self.codec = DacCodec.load(self.weights, window_seconds=self.window_seconds, device=device)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        items = batch.to_pylist()
-        tally = defaultdict(float, mixtures=len(items))
-        rows: dict[str, list[dict]] = defaultdict(list)
-        errors = []
-        for item in items:
+    def process(self, batch: pa.Table) -> StageOutput:
+        rows, errors = [], []
+        for item in batch.to_pylist():
             try:
                 item_rows = self._rows(item)
-            except (ValueError, RuntimeError, OSError, KeyError) as e:
-                errors.append({"id": item["mix_id"], "source": item.get("folder") or ",".join(item["stems"]),
-                               "stage": STAGE, "prompt": None, "reason": f"{type(e).__name__}: {e}"})
+            except (BadInput, ValueError, KeyError, FileNotFoundError) as e:
+                source = item.get("folder") or ",".join(item.get("stems") or [])
+                errors.append(ErrorRow(item["mix_id"], f"{type(e).__name__}: {e}", source))
                 continue
-            rows[item["split"]] += item_rows
-            tally["audio_s"] += self.segment_seconds
-        prefix = batch_prefix([item["mix_id"] for item in items])
-        for split, split_rows in rows.items():
-            with shards.ShardWriter(sfs.join(self.output, split), prefix, self.shard_options, self.s3) as writer:
-                writer.write(rows_table(split_rows))
-        shards.write_errors(self.output, errors, f"prepare-{prefix}", s3=self.s3)
-        tally.update(rows=sum(len(r) for r in rows.values()), errors=len(errors))
-        return pa.Table.from_pylist([dict(tally)])
+            rows += [{**r, DIR: item["split"]} for r in item_rows]
+        table = rows_table(rows) if rows else None
+        return StageOutput(rows=table, errors=errors, tally={"audio_s": self.segment_seconds * (batch.num_rows - len(errors))})
 
     def _sources(self, item: dict) -> tuple[np.ndarray, list[tuple[str, str, np.ndarray]], int]:
         """-> (mixture, [(target name, prompt, stem)], sample rate), before normalisation."""
         if item["kind"] == "dnr":
             a, b = item["start"], item["stop"]
-            mix, rate = mono(sfs.read_bytes(sfs.join(item["folder"], "mix.wav"), self.s3))
-            labels = dnr_labels(sfs.read_bytes(sfs.join(item["folder"], "annots.csv"), self.s3), a / rate, b / rate)
+            mix, rate = mono(sfs.read_bytes(sfs.join(item["folder"], "mix.wav")))
+            labels = dnr_labels(sfs.read_bytes(sfs.join(item["folder"], "annots.csv")), a / rate, b / rate)
             targets = []
             for name in DNR_STEMS:
                 prompt = ", ".join(labels) if name == "sfx" else name
                 if prompt:
-                    stem, stem_rate = mono(sfs.read_bytes(sfs.join(item["folder"], f"{name}.wav"), self.s3))
+                    stem, stem_rate = mono(sfs.read_bytes(sfs.join(item["folder"], f"{name}.wav")))
                     if stem_rate != rate:
                         raise ValueError(f"{name}.wav is at {stem_rate} Hz, mix.wav at {rate} Hz")
                     targets.append((name, prompt, stem[a:b]))
             return mix[a:b], targets, rate
         targets, rate = [], None
         for uri, caption, gain_db, offset in zip(item["stems"], item["captions"], item["gains_db"], item["offsets"]):
-            audio, stem_rate = mono(sfs.read_bytes(uri, self.s3))
+            audio, stem_rate = mono(sfs.read_bytes(uri))
             if rate is not None and stem_rate != rate:
                 raise ValueError(f"{uri} is at {stem_rate} Hz, other stems at {rate} Hz")
             rate = stem_rate
@@ -324,6 +305,7 @@ def rows_table(rows: list[dict]) -> pa.Table:
         "codec": pa.array([r["codec"] for r in rows], pa.string()),
         "sample_rate": pa.array([r["sample_rate"] for r in rows], pa.int32()),
         "n_samples": pa.array([r["n_samples"] for r in rows], pa.int64()),
+        DIR: pa.array([r[DIR] for r in rows], pa.string()),
     }
     if "mix_audio" in rows[0]:
         for name in ("mix_audio", "target_audio"):
@@ -336,61 +318,27 @@ def rows_table(rows: list[dict]) -> pa.Table:
 
 def run(cfg: PrepareTrainConfig) -> JobReport:
     cfg.check()
-    report = JobReport(STAGE)
-    t_start = time.perf_counter()
-    s3 = sfs.S3Options().with_env_defaults()
+    report = JobReport(PrepareStage.name)
     layout = detect_layout(cfg.input) if cfg.layout == "auto" else cfg.layout
     with report.stage("plan"):
         items = plan_dnr(cfg.input, cfg) if layout == "dnr" else plan_generic(cfg.input, cfg)
     log.info("%s layout: %d mixture(s) planned (%d val)", layout, len(items), sum(i["split"] == "val" for i in items))
     with report.stage("load_weights"):
-        weights = read_codec_weights(cfg.codec_weights, cfg.codec.split("_", 1)[1], s3)
-        check_weights_codec(weights, cfg.codec)
-    totals: dict[str, float] = defaultdict(float)
-    if items:
-        with report.stage("pipeline"):
-            totals = _run_pipeline(cfg, items, weights, s3)
-    report.rows_in = len(items)
-    report.rows_out = int(totals["rows"])
-    report.errors = int(totals["errors"])
-    report.audio_hours = totals["audio_s"] / 3600
-    report.wall_s = time.perf_counter() - t_start
-    report.extra = {"output": cfg.output, "layout": layout, "splits": [sfs.join(cfg.output, s) for s in SPLITS]}
-    return report
-
-
-def _run_pipeline(cfg: PrepareTrainConfig, items: list[dict], weights: bytes, s3: sfs.S3Options) -> dict:
-    ray = init_ray(cfg.ray)
-    from ray.data import ActorPoolStrategy
-
-    batch = cfg.ray.batch_size
-    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch)))
-    ds = ds.map_batches(
-        PrepareBatch,
-        fn_constructor_kwargs=dict(
-            output=cfg.output, weights=ray.put(weights), window_seconds=cfg.window_seconds,
-            segment_seconds=cfg.segment_seconds, keep_audio=cfg.keep_audio,
-            max_rows_per_shard=cfg.max_rows_per_shard, s3=s3, num_threads=max(1, round(cfg.ray.num_cpus_per_actor)),
-        ),
-        batch_size=batch, batch_format="pyarrow", compute=ActorPoolStrategy(size=cfg.ray.num_actors),
-        num_cpus=cfg.ray.num_cpus_per_actor, num_gpus=cfg.ray.num_gpus_per_actor,
-    )
-    return sum_summaries(ds, lambda t: log.info("prepare-train: %d/%d mixtures, %d rows, %d errors",
-                                                t["mixtures"], len(items), t["rows"], t["errors"]))
+        weights, _ = resolve.codec_weights(cfg.codec_weights, cfg.codec)
+    report.extra.update(layout=layout, splits=[sfs.join(cfg.output, s) for s in SPLITS])
+    stage = PrepareStage(weights, cfg.window_seconds, cfg.segment_seconds, cfg.keep_audio)
+    return run_stage(stage, Items(pa.Table.from_pylist(items)), cfg.output, cfg.ray, cfg.run, report)
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def parse_args(argv: list[str] | None) -> PrepareTrainConfig:
-    p = argparse.ArgumentParser(prog="codecsep prepare-train", description=__doc__.splitlines()[0])
-    p.add_argument("args", nargs="*", metavar="SRC DST [key=value ...]",
-                   help="stems folder URI, output folder URI, then config overrides")
-    p.add_argument("--config", default=str(job_config.default_config_path("prepare_train")))
+    p = job_config.job_parser("prepare-train", PrepareTrainConfig, __doc__.splitlines()[0])
+    p.add_argument("args", nargs="*", metavar="SRC DST [key=value ...]", help="stems folder URI, output folder URI, then config overrides")
     p.add_argument("--layout", choices=LAYOUTS)
     p.add_argument("--codec-weights", help="DAC checkpoint URI (default: DAC's official download)")
     add_ray_arguments(p, batch_help="mixtures per actor call")
-    p.add_argument("-v", "--verbose", action="store_true")
     a, (src, dst), overrides = job_config.parse_paths(p, argv)
     setup_logging(a.verbose)
     return job_config.load_config(
@@ -400,7 +348,7 @@ def parse_args(argv: list[str] | None) -> PrepareTrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("prepare-train", lambda: run(parse_args(argv)).emit())
+    return run_cli("prepare-train", lambda: run(parse_args(argv)).emit(), argv)
 
 
 if __name__ == "__main__":

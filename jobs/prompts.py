@@ -2,7 +2,6 @@
 `separate --prompt-table` so that later runs need no text encoder at all."""
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import dataclass, field
@@ -55,15 +54,11 @@ def run(cfg: PromptsConfig) -> JobReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from codecsep_core.prompt_encoder import PromptEncoderUnavailable
-
-    p = argparse.ArgumentParser(prog="codecsep prompts", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(job_config.default_config_path("prompts")))
+    p = job_config.job_parser("prompts", PromptsConfig, __doc__.splitlines()[0])
     p.add_argument("--output", help="URI of the prompt table to write")
     p.add_argument("--prompt", dest="prompts", action="append", default=[], help="repeatable")
     p.add_argument("--prompts-file", help="text file, one prompt per line")
     p.add_argument("--clap-checkpoint", help="CLAP checkpoint path")
-    p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
@@ -73,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                      prompts_file=a.prompts_file, clap_checkpoint=a.clap_checkpoint)
         run(cfg).emit()
 
-    return run_cli("prompts", body, (PromptEncoderUnavailable,))
+    return run_cli("prompts", body, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""What every job shares: Ray start-up, logging, timing and the closing report."""
+"""What every job shares: Ray and runner settings, Ray start-up, logging, the CLI's exit
+codes and the closing report (docs/architecture.md)."""
+
 from __future__ import annotations
 
 import json
@@ -6,59 +8,137 @@ import logging
 import os
 import sys
 import time
-from collections import defaultdict
+import traceback
+import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 log = logging.getLogger("codecsep")
 
+# Exit codes of every job (README "Exit codes").
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET, EXIT_STALLED = 0, 1, 2, 3, 4
+
 
 @dataclass(frozen=True)
 class RayOptions:
-    address: str | None = None  # None: embedded local Ray; "auto" or ray://host:10001 for a cluster
-    num_actors: int = 1
-    num_gpus_per_actor: float = 0.0  # >0 puts each actor on a GPU
+    address: str | None = None  # None: embedded local Ray; "auto" inside a cluster (ray job submit)
+    num_actors: int | str = 1  # actor pool size: N (fixed) or "MIN:MAX" (scales; survives node loss)
+    num_gpus_per_actor: float = 0.0  # >0: each actor on a GPU (an error where there is none)
     num_cpus_per_actor: float = 2.0  # also the actor's torch threads
-    batch_size: int = 16  # clips per actor call
+    batch_size: int = 16  # rows per actor call
+
+    def __post_init__(self):
+        lo, hi = self.actor_range
+        if not 1 <= lo <= hi:
+            raise ValueError(f"ray.num_actors must be N or MIN:MAX with 1 <= MIN <= MAX, got {self.num_actors!r}")
+        if self.batch_size < 1 or self.num_cpus_per_actor <= 0 or self.num_gpus_per_actor < 0:
+            raise ValueError("ray.batch_size and ray.num_cpus_per_actor must be positive, ray.num_gpus_per_actor >= 0")
+
+    @property
+    def actor_range(self) -> tuple[int, int]:
+        text = str(self.num_actors)
+        try:
+            lo, _, hi = text.partition(":")
+            return int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"ray.num_actors must be N or MIN:MAX, got {self.num_actors!r}") from None
+
+    @property
+    def min_actors(self) -> int:
+        return self.actor_range[0]
+
+    @property
+    def max_actors(self) -> int:
+        return self.actor_range[1]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the runner treats a job: resume, error budget, progress and the stall bound."""
+
+    checkpoint_path: str | None = None  # Ray Data checkpoint; null: <output>.checkpoint beside the output
+    retry_errors: bool = False  # inputs that failed in an earlier run are due again
+    max_error_fraction: float = 0.1  # more failed inputs than this: exit 3 (after writing everything)
+    stall_timeout_s: float = 600.0  # no row completed for this long: exit 4, saying what is stuck
+    progress_every_s: float = 10.0  # progress line interval
+    min_rows_per_file: int = 64  # output rows buffered per written shard
+    progress_bars: bool | None = None  # Ray Data's progress bars; null: when stderr is a terminal
+
+    def __post_init__(self):
+        if not 0 <= self.max_error_fraction <= 1:
+            raise ValueError(f"run.max_error_fraction must be in [0, 1], got {self.max_error_fraction}")
+        if self.stall_timeout_s <= 0 or self.progress_every_s <= 0 or self.min_rows_per_file < 1:
+            raise ValueError("run.stall_timeout_s, run.progress_every_s and run.min_rows_per_file must be positive")
+
+    @property
+    def show_progress(self) -> bool:
+        return sys.stderr.isatty() if self.progress_bars is None else self.progress_bars
 
 
 def add_ray_arguments(parser, batch_help: str = "rows per actor call") -> None:
-    """The Ray flags every Ray Data job takes; `ray_values` maps them onto `ray.*` keys."""
+    """The Ray and runner flags every actor-pool job takes; `ray_values` maps them onto config keys."""
     group = parser.add_argument_group("Ray")
     group.add_argument("--address", help="Ray address (default: embedded local Ray)")
-    group.add_argument("--actors", type=int, help="actor pool size")
+    group.add_argument("--actors", help="actor pool size: N, or MIN:MAX to scale (and survive node loss)")
     group.add_argument("--cpus-per-actor", type=float, help="logical CPUs per actor (also its torch threads)")
     group.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (0: CPU)")
     group.add_argument("--batch-size", type=int, help=batch_help)
+    group.add_argument("--retry-errors", action="store_true", default=None, help="re-attempt inputs that failed before")
+    group.add_argument("--max-error-fraction", type=float, help="exit 3 when more inputs than this fraction fail")
+    group.add_argument("--stall-timeout", type=float, help="exit 4 when no row completes for this many seconds")
 
 
 def ray_values(args) -> dict:
+    actors = args.actors if args.actors is None or ":" in args.actors else int(args.actors)
     return {
-        "ray.address": args.address, "ray.num_actors": args.actors, "ray.num_cpus_per_actor": args.cpus_per_actor,
+        "ray.address": args.address, "ray.num_actors": actors, "ray.num_cpus_per_actor": args.cpus_per_actor,
         "ray.num_gpus_per_actor": args.gpus_per_actor, "ray.batch_size": args.batch_size,
+        "run.retry_errors": args.retry_errors, "run.max_error_fraction": args.max_error_fraction,
+        "run.stall_timeout_s": args.stall_timeout,
     }
 
 
-def run_cli(job: str, body, errors: tuple[type[BaseException], ...] = ()) -> int:
-    """A job's CLI body; expected failures (bad settings, missing files or models) end as
-    one line and exit code 2 instead of a traceback."""
+def run_cli(job: str, body: Callable[[], None], argv: list[str] | None = None) -> int:
+    """A job's CLI body, with the exit codes of the README: 2 for bad settings (one line, no
+    traceback), 3 over the error budget, 4 stalled, 1 for any other failure (storage,
+    network, credentials, GPUs, a bug), with a one-line reason."""
+    from codecsep_core.dac_codec import DacWeightsUnavailable
+    from codecsep_core.prompt_encoder import PromptEncoderUnavailable
+    from jobs.runner import JobFailed, JobStalled
+
     try:
         body()
-    except (ValueError, FileNotFoundError, *errors) as e:
-        print(f"codecsep {job}: error: {e}")
-        return 2
-    return 0
+    except JobFailed as e:
+        e.report.emit()
+        print(f"codecsep {job}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except JobStalled as e:
+        print(f"codecsep {job}: stalled: {e}", file=sys.stderr)
+        return EXIT_STALLED
+    except (ValueError, KeyError, FileNotFoundError, UsageError, PromptEncoderUnavailable, DacWeightsUnavailable) as e:
+        print(f"codecsep {job}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - the CLI's last resort: one line, exit 1
+        if {"-v", "--verbose"} & set(sys.argv[1:] if argv is None else argv):
+            traceback.print_exc()
+        print(f"codecsep {job}: failed: {failure_reason(e)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
-def sum_summaries(ds, progress) -> dict[str, float]:
-    """Totals of the per-call summary rows a job's actors return, with `progress(totals)`
-    after each, so that long jobs report as they go."""
-    totals: dict[str, float] = defaultdict(float)
-    for summary in ds.iter_rows():
-        for k, v in summary.items():
-            totals[k] += v
-        progress(totals)
-    return totals
+class UsageError(RuntimeError):
+    """A setting the job cannot run with (missing weights, an unusable prompt table, ...)."""
+
+
+def failure_reason(e: BaseException) -> str:
+    """The innermost cause of a failure in one line: Ray wraps a worker's exception."""
+    while getattr(e, "cause", None) is not None and e.cause is not e:  # RayTaskError
+        e = e.cause
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -67,6 +147,17 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        quiet_library_noise()
+
+
+def quiet_library_noise() -> None:
+    """Warnings every actor and worker would repeat, shown with -v only (also in Ray's
+    workers, which inherit the environment variable)."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::UserWarning:torch.nn.utils.weight_norm")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("ray.train", "ray.tune", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def local_logical_cpus() -> int:
@@ -74,16 +165,20 @@ def local_logical_cpus() -> int:
 
 
 def init_ray(options: RayOptions):
-    """Connect to a cluster when an address is given, else start embedded local Ray once."""
+    """Connect to the cluster at `options.address`, else start embedded local Ray once, and
+    never join some other cluster on the machine (`address="local"`)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if not ray.is_initialized():
-        # Embedded Ray advertises two logical CPUs more than the machine has: Ray Data's
-        # checkpoint filter actor and the read tasks each hold one while being I/O-light,
-        # and without the spare slots they deadlock against the separation actors.
-        kwargs = {"address": options.address} if options.address else {"num_cpus": local_logical_cpus()}
-        ray.init(**kwargs, log_to_driver=True, include_dashboard=False, logging_level="WARNING")
+        if options.address:
+            ray.init(address=options.address, log_to_driver=True, logging_level="WARNING")
+        else:
+            # Two logical CPUs more than the machine has: Ray Data's checkpoint filter actor
+            # and the read tasks each hold one while I/O-light, and without the spare slots
+            # they deadlock against the stage's actors on a small machine.
+            ray.init(address="local", num_cpus=local_logical_cpus(), include_dashboard=False,
+                     log_to_driver=True, logging_level="WARNING")
         log.info("ray: %s", "connected to " + options.address if options.address else "embedded local cluster")
     return ray
 

@@ -1,72 +1,64 @@
-"""A Ray Data sink for separated shards that routes error rows to `<output>/_errors/`.
+"""The one Ray Data sink of every stage: output rows to Parquet shards, error rows to `_errors/`.
 
-It is a file datasink, so Ray Data's row-level checkpointing gives it a two-phase commit:
-a pending checkpoint is written before the data file and committed after it, and a
-rerun after a crash deletes data files of uncommitted writes (matched by file-name
-prefix, recursively, so the `_errors/` file of the same write goes too). Good rows and
-error rows of one block share a base name for exactly that reason.
+It is a file datasink, so Ray Data's row-level checkpointing gives it a two-phase commit: a
+pending checkpoint is written before the data file and committed after it, and a rerun
+after a crash deletes the data files of uncommitted writes (matched by file-name prefix,
+recursively under the output folder, so the `_errors/` and sub-folder files of the same
+write go too). Every file of one block therefore shares the block's base name, and is
+written whole (`storage.fs.write_bytes_atomic`), so no reader sees half a shard.
+
+Columns whose names start with '_' are the pipeline's own (`sources.ERROR`, `sources.SOURCE`,
+`DIR`, ...) and never reach a data file. A row's `DIR` value, when the stage sets one,
+names the sub-folder of the output it goes to (prepare-train's `train/` and `val/`,
+export's `_manifest/`).
 """
-from __future__ import annotations
 
-import io
-import posixpath
-import uuid
+from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from ray.data.block import BlockAccessor
 from ray.data.datasource.file_datasink import BlockBasedFileDatasink
 
-ERROR_COLUMN = "_error"  # reason; null on good rows
-SOURCE_COLUMN = "_source"  # input file of the row
-STAGE = "separate"
+from jobs.sources import DIR, ERROR, ERROR_ID, ERROR_PROMPT, SOURCE
+from storage import fs as sfs
+from storage import shards
+from storage.schema import ERRORS_SCHEMA
 
 
 class ShardSink(BlockBasedFileDatasink):
-    def __init__(self, path: str, *, filesystem, rename_into_place: bool, min_rows_per_file: int | None = None):
-        """`rename_into_place`: write a hidden temporary file and rename it (local folders);
-        False for object stores, where one PUT is atomic and a rename is a copy."""
-        super().__init__(path, filesystem=filesystem, file_format="parquet", min_rows_per_file=min_rows_per_file)
-        self._rename = rename_into_place
+    def __init__(self, output: str, stage: str, key: str, s3: sfs.S3Options, min_rows_per_file: int | None = None):
+        fs, path = sfs.pyarrow_filesystem(output, s3)
+        super().__init__(path, filesystem=fs, file_format="parquet", min_rows_per_file=min_rows_per_file)
+        self.output, self.stage, self.key, self.s3 = output, stage, key, s3
 
     def write_block(self, block: BlockAccessor, block_index: int, ctx) -> None:
         from ray.data._internal.planner.plan_write_op import WRITE_UUID_KWARG_NAME
 
         name = self.filename_provider.get_filename_for_task(ctx.kwargs[WRITE_UUID_KWARG_NAME], ctx.task_idx)
         table = block.to_arrow()
-        failed = pc.is_valid(table[ERROR_COLUMN])
-        good = table.filter(pc.invert(failed)).drop_columns([ERROR_COLUMN, SOURCE_COLUMN])
-        bad = table.filter(failed)
-        self._put(posixpath.join(self.path, name), good)
-        if bad.num_rows:
-            self._put(posixpath.join(self.path, "_errors", name), error_table(bad))
+        failed = pc.is_valid(table[ERROR])
+        good = table.filter(pc.invert(failed))
+        folders = good[DIR].unique().to_pylist() if DIR in good.column_names else [""]
+        for folder in folders:
+            rows = good.filter(pc.equal(good[DIR], folder)) if folder else good
+            self._put(sfs.join(self.output, folder or "", name), rows.select(public_columns(rows)))
+        self._put(sfs.join(self.output, shards.ERRORS_DIR, name), self.error_table(table.filter(failed)))
 
-    def _put(self, path: str, table: pa.Table) -> None:
-        """Whole-file write: object stores publish a PUT atomically; local folders get a
-        hidden temporary name and a rename, so no reader ever sees half a shard."""
-        if table.num_rows == 0:
-            return
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        fs = self.filesystem
-        parent, base = posixpath.split(path)
-        fs.create_dir(parent, recursive=True)
-        target = posixpath.join(parent, f".{base}.{uuid.uuid4().hex[:8]}.tmp") if self._rename else path
-        with fs.open_output_stream(target) as out:
-            out.write(buf.getvalue())
-        if target != path:
-            fs.move(target, path)
+    def error_table(self, rows: pa.Table) -> pa.Table:
+        n = rows.num_rows
+
+        def column(name: str) -> pa.Array:
+            return rows[name].cast(pa.string()) if name in rows.column_names else pa.nulls(n, pa.string())
+
+        ids = column(ERROR_ID)
+        stage = pa.array([self.stage] * n, pa.string())
+        return pa.Table.from_arrays([ids, column(SOURCE), stage, column(ERROR_PROMPT), column(ERROR)], schema=ERRORS_SCHEMA)
+
+    def _put(self, uri: str, table: pa.Table) -> None:
+        if table.num_rows:
+            shards.write_table_atomic(uri, table, self.s3)
 
 
-def error_table(rows: pa.Table) -> pa.Table:
-    n = rows.num_rows
-    return pa.table(
-        {
-            "id": rows["id"].cast(pa.string()) if "id" in rows.column_names else pa.nulls(n, pa.string()),
-            "source": rows[SOURCE_COLUMN].cast(pa.string()),
-            "stage": pa.array([STAGE] * n, pa.string()),
-            "prompt": pa.nulls(n, pa.string()),
-            "reason": rows[ERROR_COLUMN].cast(pa.string()),
-        }
-    )
+def public_columns(table: pa.Table) -> list[str]:
+    return [c for c in table.column_names if not c.startswith("_")]

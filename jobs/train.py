@@ -17,7 +17,6 @@ from the latest checkpoint; validation loss and latent SNR are logged and report
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import posixpath
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jobs import config as job_config
+from jobs import resolve
 from jobs.runtime import JobReport, RayOptions, init_ray, run_cli, setup_logging
 from storage import fs as sfs
 from storage import shards
@@ -36,7 +36,6 @@ from storage import shards
 log = logging.getLogger("codecsep.train")
 
 LOSSES = ("latent", "sisdr")
-FIXED_ENCODER = "fixed-random-unit-vectors:sha256"
 CHECKPOINT_NAME = re.compile(r"step-(\d+)\.safetensors")
 METRICS_NAME = re.compile(r"metrics-from-(\d+)\.json")
 
@@ -68,8 +67,9 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     cache_data: bool = True  # keep each worker's data shard in memory after the first epoch
+    max_failures: int = 3  # worker or node losses survived: workers restart from the latest checkpoint
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    ray: RayOptions = field(default_factory=RayOptions)  # num_actors: training workers; batch_size: per worker
+    ray: RayOptions = field(default_factory=lambda: RayOptions(num_cpus_per_actor=1.0))  # actors: workers; batch: per worker
     ray_storage_path: str | None = None  # Ray Train's run folder (null: a local temporary folder)
 
     def check(self) -> None:
@@ -111,7 +111,7 @@ def save_checkpoint(output: str, data: bytes, step: int, keep: int) -> str:
     return uri
 
 
-# --------------------------------------------------------------------------- prompts
+# --------------------------------------------------------------------------- prompts and codec
 
 
 def distinct_prompts(data: str) -> list[str]:
@@ -125,61 +125,23 @@ def distinct_prompts(data: str) -> list[str]:
     return sorted(prompts)
 
 
-def build_prompt_table(prompts: list[str], known, clap_checkpoint: str | None, fixed_if_offline: bool):
-    """A PromptTable for `prompts`: vectors from `known` where it has them, others from CLAP,
-    or (CLAP unavailable and allowed) fixed per-prompt vectors."""
-    from codecsep_core.prompt_encoder import PromptEncoder, PromptEncoderUnavailable
-    from codecsep_core.training import fixed_prompt_vectors
-    from storage.prompt_table import PromptTable
-
-    have = dict(zip(known.prompts, known.embeddings)) if known is not None else {}
-    encoder = known.encoder if known is not None else None
-    missing = [p for p in prompts if p not in have]
-    if missing:
-        try:
-            clap = PromptEncoder(clap_checkpoint)
-            vectors, encoder_name = clap.encode(missing).numpy(), clap.name
-        except PromptEncoderUnavailable as e:
-            if not fixed_if_offline:
-                raise PromptEncoderUnavailable(f"{e} (or set fixed_prompts_if_offline=true to train on fixed "
-                                               "per-prompt vectors instead of CLAP embeddings)") from e
-            log.warning("CLAP unavailable: prompts get FIXED RANDOM VECTORS, not CLAP embeddings; the masker "
-                        "will only understand the exact training prompts (%s)", e)
-            vectors, encoder_name = fixed_prompt_vectors(missing), FIXED_ENCODER
-        if encoder is not None and encoder_name is not None and encoder != encoder_name:
-            raise ValueError(f"the prompt table's vectors come from {encoder}, new ones would come from {encoder_name}")
-        have.update(zip(missing, vectors))
-        encoder = encoder or encoder_name
-    return PromptTable(tuple(prompts), np.stack([have[p] for p in prompts]).astype(np.float32), encoder)
-
-
 def prepare_prompts(cfg: TrainConfig):
     """The run's prompt table: OUTPUT/prompts.parquet (kept across resumes) <- cfg.prompt_table
     <- new embeddings; written back to OUTPUT/prompts.parquet."""
-    from storage.prompt_table import read_prompt_table, write_prompt_table
+    from storage.prompt_table import PromptTable, write_prompt_table
 
     uri = sfs.join(cfg.output, "prompts.parquet")
-    source = uri if sfs.exists(uri) else cfg.prompt_table
-    known = read_prompt_table(source) if source else None
-    table = build_prompt_table(distinct_prompts(cfg.data), known, cfg.clap_checkpoint, cfg.fixed_prompts_if_offline)
+    prompts = distinct_prompts(cfg.data)
+    vectors, encoder = resolve.prompt_vectors(prompts, uri if sfs.exists(uri) else cfg.prompt_table, cfg.clap_checkpoint,
+                                              dim=512, fixed_if_offline=cfg.fixed_prompts_if_offline)
+    table = PromptTable(tuple(prompts), vectors, encoder)
     write_prompt_table(uri, table)
     return table
 
 
 def prepare_tables(cfg: TrainConfig) -> str:
-    from codecsep_core import CodecTables
-
-    if cfg.codec_tables:
-        data = sfs.read_bytes(cfg.codec_tables)
-    elif cfg.codec_weights:
-        data = CodecTables.from_dac_checkpoint(sfs.read_bytes(cfg.codec_weights)).to_bytes()
-    else:
-        from codecsep_core.dac_codec import load_dac
-
-        log.info("no codec tables or weights given: using DAC's official 16 kHz model")
-        data = CodecTables.from_dac_model(load_dac(None)).to_bytes()
     uri = sfs.join(cfg.output, "codec_tables.safetensors")
-    sfs.write_bytes_atomic(uri, data)
+    sfs.write_bytes_atomic(uri, resolve.codec_tables(cfg.codec_tables, cfg.codec_weights))
     return uri
 
 
@@ -225,15 +187,15 @@ class _Data:
                           self.segment_frames, rng, audio, self.hop)
 
 
-def _loss_fn(cfg: dict, device):
+def _loss_fn(cfg: TrainConfig, device):
     """-> loss(masker, tables, batch) for the configured loss."""
     from codecsep_core import training
 
-    if cfg["loss"] == "latent":
+    if cfg.loss == "latent":
         return training.latent_loss
     from codecsep_core.dac_codec import load_dac
 
-    dac = load_dac(sfs.read_bytes(cfg["codec_weights"])).to(device)
+    dac = load_dac(sfs.read_bytes(cfg.codec_weights)).to(device)
     for p in dac.parameters():
         p.requires_grad_(False)
 
@@ -243,23 +205,26 @@ def _loss_fn(cfg: dict, device):
     return loss
 
 
-def train_loop(cfg: dict) -> None:
-    """Ray Train worker: resume from the latest checkpoint, train, validate, checkpoint."""
+def train_loop(loop: dict) -> None:
+    """Ray Train worker: resume from the latest checkpoint, train, validate, checkpoint.
+    `loop`: the TrainConfig (`cfg`) and what the driver resolved for it."""
     import ray.train
     import torch
     from ray.train.torch import prepare_model
 
     from codecsep_core import CodecTables, Masker, MaskerConfig, masker_to_bytes, training
 
+    cfg: TrainConfig = loop["cfg"]
     setup_logging()
-    torch.set_num_threads(max(1, int(cfg["threads"])))
+    torch.set_num_threads(max(1, int(cfg.ray.num_cpus_per_actor)))
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    device = torch.device("cuda" if cfg["use_gpu"] and torch.cuda.is_available() else "cpu")
-    tables = CodecTables.load(sfs.read_bytes(cfg["tables"])).to(device)
-    torch.manual_seed(cfg["seed"])  # initial weights and dropout: a run is repeatable
-    masker = Masker(MaskerConfig.preset(cfg["preset"]))
-    latest = latest_checkpoint(cfg["output"])
+    device = torch.device(resolve.device_for(cfg.ray.num_gpus_per_actor))
+    resolve.check_device(device.type)
+    tables = CodecTables.load(sfs.read_bytes(loop["tables"])).to(device)
+    torch.manual_seed(cfg.seed)  # initial weights and dropout: a run is repeatable
+    masker = Masker(MaskerConfig.preset(cfg.preset))
+    latest = latest_checkpoint(cfg.output)
     state, step = None, 0
     if latest is not None:
         ckpt = training.checkpoint_from_bytes(sfs.read_bytes(latest[1]))
@@ -268,37 +233,37 @@ def train_loop(cfg: dict) -> None:
         log.info("resuming from checkpoint %s (step %d)", latest[1], step)
     resumed_from = step
     model = prepare_model(masker) if ctx.get_world_size() > 1 else masker.to(device)
-    opt = cfg["optimizer"]
-    optimizer = training.make_optimizer(masker, opt["lr"], opt["betas"], opt["weight_decay"])
+    opt = cfg.optimizer
+    optimizer = training.make_optimizer(masker, opt.lr, opt.betas, opt.weight_decay)
     if state is not None:
         optimizer.load_state_dict(state)
     loss_of = _loss_fn(cfg, device)
-    prompts = dict(zip(cfg["prompts"], np.asarray(cfg["embeddings"], np.float32)))
+    prompts = dict(zip(loop["prompts"], np.asarray(loop["embeddings"], np.float32)))
     hop = tables.info.hop_length
-    with_audio = cfg["loss"] == "sisdr" and cfg["has_audio"]
+    with_audio = cfg.loss == "sisdr" and loop["has_audio"]
 
     def to_device(b):
         return training.Batch(*(t.to(device) if t is not None else None for t in
                                 (b.mix_codes, b.target_codes, b.valid, b.cond, b.target_audio)))
 
-    args = (prompts, cfg["segment_frames"], cfg["batch_size"], hop, with_audio, cfg["cache_data"])
+    args = (prompts, cfg.segment_frames, cfg.ray.batch_size, hop, with_audio, cfg.cache_data)
     train_data = _Data(ray.train.get_dataset_shard("train"), *args)
-    val_data = _Data(ray.train.get_dataset_shard("val"), *args) if cfg["has_val"] else None
+    val_data = _Data(ray.train.get_dataset_shard("val"), *args) if loop["has_val"] else None
     history = []
-    rng = np.random.default_rng([cfg["seed"], step, rank])  # a resumed run draws new crops
+    rng = np.random.default_rng([cfg.seed, step, rank])  # a resumed run draws new crops
     t0, running = time.perf_counter(), []
-    while step < cfg["max_steps"]:
+    while step < cfg.max_steps:
         for batch in train_data.batches(rng, shuffle=True):
             b = to_device(batch)
             stats = training.train_step(model, optimizer, lambda: loss_of(model, tables, b),
-                                        opt["grad_clip"] or None)
+                                        opt.grad_clip or None)
             step += 1
             running.append(stats["loss"])
-            if step % cfg["log_every"] == 0:
+            if step % cfg.log_every == 0:
                 log.info("step %d: train loss %.3f (%.2f s/step)", step, np.mean(running), (time.perf_counter() - t0) / len(running))
                 t0, running = time.perf_counter(), []
-            last = step >= cfg["max_steps"]
-            if step % cfg["val_every"] == 0 or last:
+            last = step >= cfg.max_steps
+            if step % cfg.val_every == 0 or last:
                 metrics = {"step": step, "resumed_from": resumed_from, "train_loss": float(stats["loss"])}
                 if val_data is not None:
                     metrics.update(_validate(model, tables, loss_of, val_data, to_device))
@@ -306,15 +271,15 @@ def train_loop(cfg: dict) -> None:
                 ray.train.report(metrics)
                 if rank == 0:
                     history.append(metrics)
-                    sfs.write_bytes_atomic(sfs.join(cfg["output"], f"metrics-from-{resumed_from:09d}.json"),
+                    sfs.write_bytes_atomic(sfs.join(cfg.output, f"metrics-from-{resumed_from:09d}.json"),
                                            json.dumps(history, indent=1).encode())
-            if rank == 0 and (step % cfg["checkpoint_every"] == 0 or last):
-                uri = save_checkpoint(cfg["output"], training.checkpoint_to_bytes(masker, optimizer, step), step, cfg["keep_checkpoints"])
+            if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
+                uri = save_checkpoint(cfg.output, training.checkpoint_to_bytes(masker, optimizer, step), step, cfg.keep_checkpoints)
                 log.info("step %d: checkpoint %s", step, uri)
             if last:
                 break
     if rank == 0:
-        sfs.write_bytes_atomic(sfs.join(cfg["output"], "masker.safetensors"), masker_to_bytes(masker))
+        sfs.write_bytes_atomic(sfs.join(cfg.output, "masker.safetensors"), masker_to_bytes(masker, loop["encoder"]))
 
 
 def _validate(model, tables, loss_of, data: _Data, to_device) -> dict:
@@ -339,10 +304,8 @@ def _validate(model, tables, loss_of, data: _Data, to_device) -> dict:
 
 
 def read_split(ray, uri: str, with_audio: bool):
-    from jobs.separate import pyarrow_fs
-
     columns = ["prompt", "mix_codes", "target_codes"] + (["target_audio"] if with_audio else [])
-    fs, _ = pyarrow_fs(uri)
+    fs, _ = sfs.pyarrow_filesystem(uri)
     paths = [sfs.resolve(u)[1] for u in shards.list_shards(uri)]
     return ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)  # projection is pushed into the read
 
@@ -374,7 +337,7 @@ def run(cfg: TrainConfig) -> JobReport:
     has_audio = has_column(train_uri, "target_audio")
     ray = init_ray(cfg.ray)
     from ray.data import DataContext
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     DataContext.get_current().enable_progress_bars = False
@@ -382,20 +345,16 @@ def run(cfg: TrainConfig) -> JobReport:
     datasets = {"train": read_split(ray, train_uri, with_audio)}
     if has_val:
         datasets["val"] = read_split(ray, val_uri, with_audio)
+    resolve.check_cluster_gpus(ray, cfg.ray.num_gpus_per_actor)
     loop_cfg = {
-        "output": cfg.output, "tables": tables_uri, "preset": cfg.preset, "loss": cfg.loss,
-        "codec_weights": cfg.codec_weights, "prompts": list(table.prompts), "embeddings": table.embeddings.tolist(),
-        "segment_frames": cfg.segment_frames, "batch_size": cfg.ray.batch_size, "max_steps": cfg.max_steps,
-        "val_every": cfg.val_every, "checkpoint_every": cfg.checkpoint_every, "keep_checkpoints": cfg.keep_checkpoints,
-        "log_every": cfg.log_every, "seed": cfg.seed, "cache_data": cfg.cache_data, "optimizer": job_config.to_dict(cfg.optimizer),
-        "use_gpu": cfg.ray.num_gpus_per_actor > 0, "threads": cfg.ray.num_cpus_per_actor,
-        "has_val": has_val, "has_audio": has_audio,
+        "cfg": cfg, "tables": tables_uri, "prompts": list(table.prompts), "embeddings": table.embeddings.tolist(),
+        "encoder": table.encoder, "has_val": has_val, "has_audio": has_audio,
     }
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_cfg, datasets=datasets,
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_actors, use_gpu=cfg.ray.num_gpus_per_actor > 0,
+        scaling_config=ScalingConfig(num_workers=cfg.ray.max_actors, use_gpu=cfg.ray.num_gpus_per_actor > 0,
                                      resources_per_worker={"CPU": cfg.ray.num_cpus_per_actor}),
-        run_config=RunConfig(name=f"codecsep-train-{int(time.time())}",
+        run_config=RunConfig(name=f"codecsep-train-{int(time.time())}", failure_config=FailureConfig(max_failures=cfg.max_failures),
                              storage_path=cfg.ray_storage_path or tempfile.gettempdir() + "/codecsep-ray-train"),
     )
     with report.stage("fit"):
@@ -433,7 +392,7 @@ def latest_history(output: str, at_least: int) -> tuple[int, list[dict]]:
 
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
-    p = argparse.ArgumentParser(prog="codecsep train", description=__doc__.splitlines()[0])
+    p = job_config.job_parser("train", TrainConfig, __doc__.splitlines()[0])
     p.add_argument("args", nargs="*", metavar="DATA OUTPUT [key=value ...]",
                    help="prepare-train output URI, run output URI, then config overrides")
     p.add_argument("--config", default=str(job_config.default_config_path("train")))
@@ -445,13 +404,13 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--address", help="Ray address (default: embedded local Ray)")
     p.add_argument("--workers", type=int, help="Ray Train workers")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
     a, (data, output), overrides = job_config.parse_paths(p, argv, names=("DATA", "OUTPUT"))
     setup_logging(a.verbose)
     return job_config.load_config(
         TrainConfig, a.config, overrides, data=data, output=output, preset=a.preset, codec_weights=a.codec_weights,
         codec_tables=a.codec_tables, fixed_prompts_if_offline=a.fixed_prompts_if_offline, max_steps=a.max_steps,
-        **{"ray.address": a.address, "ray.num_actors": a.workers},
+        **{"ray.address": a.address, "ray.num_actors": a.workers, "ray.num_gpus_per_actor": a.gpus_per_worker},
     )
 
 
@@ -460,11 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_args(argv)
         cfg.check()
         report = run(cfg)
-        if report.extra.get("prompt_encoder") == FIXED_ENCODER:
+        if report.extra.get("prompt_encoder") == resolve.FIXED_ENCODER:
             print("NOTE: CLAP was unavailable: prompts were embedded as FIXED RANDOM VECTORS, not CLAP embeddings.")
         report.emit()
 
-    return run_cli("train", body)
+    return run_cli("train", body, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

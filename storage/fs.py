@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import fsspec
+import pyarrow.fs
 from fsspec.implementations.local import LocalFileSystem
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,14 @@ class S3Options:
         return kwargs
 
 
-def _is_s3(uri: str) -> bool:
+def is_object_store(uri: str) -> bool:
+    """S3 URIs: one PUT is atomic there and a rename is a copy, so writers put in place."""
     return uri.startswith(("s3://", "s3a://"))
 
 
 def resolve(uri: str, s3: S3Options | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """-> (filesystem, path inside it) for any fsspec URI or local path."""
-    kwargs = (s3 or S3Options()).s3fs_kwargs() if _is_s3(uri) else {}
+    kwargs = (s3 or S3Options()).s3fs_kwargs() if is_object_store(uri) else {}
     return fsspec.core.url_to_fs(uri, **kwargs)
 
 
@@ -94,7 +96,7 @@ def write_bytes_atomic(uri: str, data: bytes, s3: S3Options | None = None) -> No
     name in the same folder, then rename; a crash leaves only the hidden name behind.
     """
     fs, path = resolve(uri, s3)
-    if _is_s3(uri):
+    if is_object_store(uri):
         fs.pipe_file(path, data)
         return
     parent, name = posixpath.split(path)
@@ -132,3 +134,14 @@ def list_files(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = No
         if not any(is_hidden(part) for part in rel.split("/")) and (not suffixes or rel.endswith(suffixes)):
             found.append(rel)
     return [join(uri, rel) for rel in sorted(found)]
+
+
+def pyarrow_filesystem(uri: str, s3: S3Options | None = None):
+    """(pyarrow filesystem, path) for the same URI, for Ray Data's readers and sinks: local
+    paths natively, anything else through this module's fsspec resolution."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = resolve(uri, s3)
+    if isinstance(fs, LocalFileSystem):
+        return pyarrow.fs.LocalFileSystem(), path
+    return PyFileSystem(FSSpecHandler(fs)), path

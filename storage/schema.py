@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -84,21 +84,22 @@ REQUIRED_COLUMNS = tuple(CODE_SHARD_SCHEMA.names)
 _MAX_INT32 = 2**31 - 1
 
 
-@dataclass(frozen=True)
-class CodecSpec:
-    """What a row must match to be separable by one codec's tables."""
+class CodecSpec(Protocol):
+    """What a row must match to be separable by one codec: the fields of the one codec
+    identity type, `codecsep_core.CodecInfo`, that storage checks (storage does not import
+    the core, so it names them here)."""
 
-    name: str
-    n_codebooks: int
-    codebook_size: int
-    sample_rate: int
+    @property
+    def name(self) -> str: ...
 
+    @property
+    def n_codebooks(self) -> int: ...
 
-DAC_CODECS = {
-    "dac_16khz": CodecSpec("dac_16khz", n_codebooks=12, codebook_size=1024, sample_rate=16000),
-    "dac_24khz": CodecSpec("dac_24khz", n_codebooks=32, codebook_size=1024, sample_rate=24000),
-    "dac_44khz": CodecSpec("dac_44khz", n_codebooks=9, codebook_size=1024, sample_rate=44100),
-}
+    @property
+    def codebook_size(self) -> int: ...
+
+    @property
+    def sample_rate(self) -> int: ...
 
 
 class MalformedCodes(ValueError):

@@ -66,11 +66,14 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(loaded(z, c), m(z, c))
 
 
-def test_load_refuses_a_different_config(tmp_path):
-    path = tmp_path / "m.safetensors"
-    save_masker(Masker(MaskerConfig.preset("tiny")), path)
-    with pytest.raises(ValueError, match="different config.*n_layers"):
-        load_masker(path, expect=MaskerConfig.preset("paper"))
+def test_the_file_records_the_prompt_encoder_it_was_trained_with(tmp_path):
+    from codecsep_core import masker_prompt_encoder
+
+    save_masker(Masker(MaskerConfig.preset("tiny")), tmp_path / "clap.safetensors", prompt_encoder="laion-clap:x.pt")
+    save_masker(Masker(MaskerConfig.preset("tiny")), tmp_path / "none.safetensors")
+    assert masker_prompt_encoder(tmp_path / "clap.safetensors") == "laion-clap:x.pt"
+    assert masker_prompt_encoder(tmp_path / "none.safetensors") is None
+    assert load_masker(tmp_path / "clap.safetensors").config == MaskerConfig.preset("tiny")
 
 
 def test_load_refuses_wrong_shapes(tmp_path):

@@ -14,7 +14,7 @@ def test_offline_without_cached_clap_files_fails_fast_and_says_what_is_missing(t
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
-    assert "missing.pt" in done.stdout
+    assert "missing.pt" in done.stderr
     assert time.time() - t0 < 60
     assert not (tmp_path / "p.parquet").exists()
 
@@ -22,4 +22,4 @@ def test_offline_without_cached_clap_files_fails_fast_and_says_what_is_missing(t
 def test_no_prompts_is_a_usage_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "jobs.prompts", "--output", str(tmp_path / "p.parquet")],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "no prompts" in done.stdout
+    assert done.returncode == 2 and "no prompts" in done.stderr

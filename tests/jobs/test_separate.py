@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from codecsep_core import Masker, MaskerConfig, Separator, masker_to_bytes
+from jobs.runtime import RunOptions
 from jobs.separate import SeparateConfig, run
 from storage import fs as sfs
 from storage.prompt_table import PromptTable, write_prompt_table
@@ -122,7 +123,7 @@ def test_bad_rows_of_each_kind_land_in_errors_and_good_rows_land(ray_session, tm
     ids = list(good)
     shards = {"good.parquet": shard(ids, list(good.values())),
               "mixed.parquet": pa.concat_tables([bad_rows, wrong_codec, ragged], promote_options="default")}
-    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, shards)
+    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, shards, run=RunOptions(max_error_fraction=1.0))
     (tmp_path / "in" / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
 
     report = run(cfg)
@@ -170,7 +171,7 @@ def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_sessi
     cfg = setup_job(str(tmp_path), tables, models["paper"], embeddings, shards)
     cmd = [sys.executable, "-m", "jobs.separate", "--input", cfg.input, "--output", cfg.output,
            "--masker", cfg.masker, "--codec-tables", cfg.codec_tables, "--prompt-table", cfg.prompt_table,
-           "--batch-size", "2", "min_rows_per_file=1"] + [a for p in PROMPTS for a in ("--prompt", p)]
+           "--batch-size", "2", "run.min_rows_per_file=1"] + [a for p in PROMPTS for a in ("--prompt", p)]
     proc = subprocess.Popen(cmd, env=lost_machine.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out_dir = tmp_path / "out"
     deadline = time.time() + 240

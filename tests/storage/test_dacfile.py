@@ -15,7 +15,8 @@ from storage.dacfile import (
     read_dac,
     write_dac,
 )
-from storage.schema import DAC_CODECS, DAC_SHARD_SCHEMA, check_batch, table_from_rows
+from codecsep_core import DAC_CODECS
+from storage.schema import DAC_SHARD_SCHEMA, check_batch, table_from_rows
 from storage.shards import ShardWriter, read_table
 
 dac = pytest.importorskip("dac")

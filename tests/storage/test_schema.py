@@ -2,10 +2,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from codecsep_core import DAC_CODECS
 from storage.schema import (
     CODE_SHARD_SCHEMA,
     CODES_TYPE,
-    DAC_CODECS,
     SEPARATED_SHARD_SCHEMA,
     MalformedCodes,
     check_batch,

@@ -10,12 +10,11 @@ from storage.schema import CODE_SHARD_SCHEMA, CODES_TYPE, ERRORS_SCHEMA, codes_c
 from storage.shards import (
     ShardOptions,
     ShardWriter,
-    iter_shards,
     list_shards,
     read_errors,
     read_table,
     shard_name,
-    write_errors,
+    write_table_atomic,
 )
 
 RNG = np.random.default_rng(0)
@@ -35,7 +34,7 @@ def test_round_trip_in_order_with_types(root):
         writer.write(table.slice(7))
     assert writer.written == [fs.join(root, shard_name("w0", i)) for i in range(3)]
     assert list_shards(root) == writer.written
-    assert [t.num_rows for _, t in iter_shards(root)] == [10, 10, 5]
+    assert [read_table(u).num_rows for u in writer.written] == [10, 10, 5]
     back = read_table(root)
     assert back.schema.field("codes").type == CODES_TYPE
     assert back.schema.names == CODE_SHARD_SCHEMA.names + ["speaker"]
@@ -85,7 +84,8 @@ def test_readers_ignore_crash_leftovers_side_tables_and_other_files(root):
     fs.write_bytes_atomic(fs.join(root, ".part-dead-00000.parquet.tmp-1a2b3c"), half_written)  # killed writer
     fs.write_bytes_atomic(fs.join(root, "_temporary/part-x.parquet"), half_written)
     fs.write_bytes_atomic(fs.join(root, "README.txt"), b"not data")
-    write_errors(root, [{"id": "bad", "source": "in.parquet", "stage": "separate", "reason": "empty clip (0 frames)"}], "e0")
+    error = {"id": "bad", "source": "in.parquet", "stage": "separate", "prompt": None, "reason": "empty clip (0 frames)"}
+    write_table_atomic(fs.join(root, "_errors/part-e0.parquet"), pa.Table.from_pylist([error], ERRORS_SCHEMA))
     assert list_shards(root) == writer.written
     assert read_table(root).num_rows == 4
 
@@ -134,12 +134,11 @@ def test_errors_table(root):
     assert read_errors(root).schema == ERRORS_SCHEMA
     rows = [{"id": "x", "source": "s3://in/part-0.parquet", "stage": "separate", "reason": "empty clip (0 frames)"},
             {"id": None, "source": "s3://in/broken.dac", "stage": "ingest", "reason": "not a .dac file"}]
-    written = write_errors(root, rows, "task-7")
-    assert written == [fs.join(root, "_errors", shard_name("task-7", 0))]
+    write_table_atomic(fs.join(root, "_errors", shard_name("task-7", 0)), pa.Table.from_pylist(
+        [dict(r, prompt=None) for r in rows], ERRORS_SCHEMA))
     errors = read_errors(root)
     assert errors.schema.names == ERRORS_SCHEMA.names
     assert errors.to_pylist() == [dict(r, prompt=None) for r in rows]
-    assert write_errors(root, [], "task-8") == []
 
 
 @pytest.mark.parametrize("prefix", ["", "a/b", ".tmp", "_x"])

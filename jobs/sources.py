@@ -1,0 +1,136 @@
+"""Where a stage's rows come from: Parquet shards under a URI, or work items a job planned.
+
+Both are Ray Data datasources, i.e. Read operators, which is what Ray Data's row-level
+checkpoint filter attaches to: rows whose key is already done are dropped right after the
+read, so every job resumes the same way. The driver only lists files; footers and rows are
+read by the read tasks, in parallel. A shard that is not Parquet, or a row with no key, is
+an error row from the start (`ERROR` set): it flows through the pipeline to `_errors` and
+into the checkpoint like any row, so a rerun does not report it twice. Failures to reach
+storage are not data problems: they raise, and the job stops.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from storage import fs as sfs
+
+log = logging.getLogger("codecsep.sources")
+
+# The pipeline's own columns ('_' names never reach a data file; see jobs.sinks).
+ERROR = "_error"  # why a row cannot be processed; null on good rows
+SOURCE = "_source"  # the input file a row came from
+ERROR_ID = "_error_id"  # clip id of an error row (null for a file with no rows to name)
+ERROR_PROMPT = "_error_prompt"  # prompt an error row is about, if one
+DIR = "_dir"  # sub-folder of the output a row is written to
+
+
+def _mark(table: pa.Table, source: str) -> pa.Table:
+    n = table.num_rows
+    table = table.append_column(SOURCE, pa.array([source] * n, pa.string()))
+    return table.append_column(ERROR, pa.nulls(n, pa.string()))
+
+
+def error_block(key: str, keys: list[str], source: str, reason: str) -> pa.Table:
+    n = len(keys)
+    return pa.table(
+        {
+            key: pa.array(keys, pa.string()),
+            SOURCE: pa.array([source] * n, pa.string()),
+            ERROR: pa.array([reason] * n, pa.string()),
+        }
+    )
+
+
+def _keyed(table: pa.Table, key: str, source: str, first_row: int) -> list[pa.Table]:
+    """A batch of a shard, with rows that have no key split off as error rows under a key
+    made from their position (stable across reruns, so resume recognises them)."""
+    values = table[key]
+    missing = np.asarray(pc.fill_null(pc.equal(values.cast(pa.string()), ""), True))
+    if not missing.any():
+        return [_mark(table, source)]
+    rows = np.flatnonzero(missing)
+    blocks = [error_block(key, [f"{source}#row{first_row + i}" for i in rows], source, f"missing {key}")]
+    good = np.flatnonzero(~missing)
+    if good.size:
+        blocks.insert(0, _mark(table.take(good), source))
+    return blocks
+
+
+def _read_shards(files: list[str], key: str, rows_per_block: int, s3: sfs.S3Options, tally):
+    for uri in files:
+        fs, path = sfs.resolve(uri, s3)
+        try:
+            with fs.open(path, "rb") as f:
+                parquet = pq.ParquetFile(f)
+                if key not in parquet.schema_arrow.names:
+                    raise pa.ArrowInvalid(f"no {key!r} column")
+                first = 0
+                for batch in parquet.iter_batches(batch_size=rows_per_block):
+                    table = pa.Table.from_batches([batch])
+                    yield from _keyed(table, key, uri, first)
+                    first += table.num_rows
+        except pa.ArrowInvalid as e:
+            yield error_block(key, [uri], uri, f"unreadable shard (not a Parquet file of rows with {key!r}): {e}")
+            first = 1
+        if tally is not None:
+            tally.add.remote(rows_read=first)
+
+
+class ShardsSource(Datasource):
+    """Every row of the Parquet shards `files`, in blocks of `rows_per_block` rows."""
+
+    def __init__(self, files: list[str], key: str, rows_per_block: int, s3: sfs.S3Options, tally=None):
+        super().__init__()
+        self.files, self.key, self.rows_per_block, self.s3, self.tally = files, key, rows_per_block, s3, tally
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+        groups = [list(g) for g in np.array_split(np.array(self.files, dtype=object), max(1, min(parallelism, len(self.files))))]
+        read = functools.partial(_read_shards, key=self.key, rows_per_block=self.rows_per_block, s3=self.s3, tally=self.tally)
+        return [
+            ReadTask(functools.partial(read, group), BlockMetadata(None, None, None, input_files=group))
+            for group in groups
+            if group
+        ]
+
+
+def _read_items(table: pa.Table, tally):
+    if tally is not None:
+        tally.add.remote(rows_read=table.num_rows)
+    yield table
+
+
+class ItemsSource(Datasource):
+    """Work items a job planned on the driver (one row per file to ingest, file to export,
+    mixture to make), in blocks of `rows_per_block` rows."""
+
+    def __init__(self, items: pa.Table, rows_per_block: int, tally=None):
+        super().__init__()
+        for name in (ERROR, SOURCE, ERROR_ID):
+            if name not in items.column_names:
+                items = items.append_column(name, pa.nulls(items.num_rows, pa.string()))
+        self.items, self.rows_per_block, self.tally = items, rows_per_block, tally
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return self.items.nbytes
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+        n, step = self.items.num_rows, self.rows_per_block
+        return [
+            ReadTask(
+                functools.partial(_read_items, self.items.slice(a, step), self.tally),
+                BlockMetadata(min(step, n - a), None, None, input_files=None),
+            )
+            for a in range(0, n, step)
+        ]

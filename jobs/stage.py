@@ -1,0 +1,56 @@
+"""The stage model under every job that maps batches on Ray actors (docs/architecture.md).
+
+A stage is what a job does to one batch of input rows, in the shape of NeMo Curator's
+processing stages and Ray's batch-inference pattern: it declares its resources and the
+column that identifies an input row (its key), loads its models once per actor in
+`setup()`, and turns a batch into output rows and error rows in `process()`. Everything
+else (listing and reading inputs, resume, `_errors`, the sink, progress, the tally, the
+report, Ray settings) belongs to `jobs.runner`, written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pyarrow as pa
+
+
+class BadInput(ValueError):
+    """An input that becomes an error row: the message is the row's reason, in words a user acts on."""
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    """An input the stage could not process. `key` is the input row's key, so that resume
+    skips it like a done row; `id` is the clip id of the error row when it is not the key."""
+
+    key: str
+    reason: str
+    source: str | None = None
+    id: str | None = None
+    prompt: str | None = None
+
+
+@dataclass
+class StageOutput:
+    """What `process` returns: output rows (carrying the stage's key column), error rows,
+    and counters the runner sums over the job (e.g. `audio_s`, per-step seconds)."""
+
+    rows: pa.Table | None = None
+    errors: list[ErrorRow] = field(default_factory=list)
+    tally: dict[str, float] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class of a job's stage; subclasses are plain picklable objects built on the
+    driver from their config, shipped to every actor, then `setup()` there."""
+
+    name: ClassVar[str]  # the job's name: the `stage` column of its error rows
+    key: ClassVar[str] = "id"  # column naming an input row, in inputs, outputs and resume
+
+    def setup(self, device: str) -> None:
+        """Once per actor, before the first batch: load models onto `device` here."""
+
+    def process(self, batch: pa.Table) -> StageOutput:
+        raise NotImplementedError
