@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0
 DAC_SPEC := descript-audiotools==0.7.2 descript-audio-codec==1.0.0
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(DAC_SPEC)
 	touch $@
 
-test: install
+# ruff (lint + format) on the whole tree, mypy on codecsep_core and storage (pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q tests
 
 demo: install

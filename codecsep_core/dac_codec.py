@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 DAC_VERSION = "1.0.0"  # the .dac format version DAC 1.0 writes and accepts
 NORMALIZE_DB = -16.0  # loudness (LUFS) DAC's `compress` normalises its input to
 MODEL_TYPES = ("16khz", "24khz", "44khz")
-# The 16 kHz model's architecture (DAC's own numbers), for random-weight instances.
-DAC_16KHZ = dict(
-    encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, decoder_rates=[8, 5, 4, 2],
-    sample_rate=16000, n_codebooks=12, codebook_size=1024, codebook_dim=8,
-)
+# The official models' architectures (DAC's own numbers), for random-weight instances.
+DAC_ARCHITECTURES = {
+    "16khz": dict(encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, decoder_rates=[8, 5, 4, 2],
+                  sample_rate=16000, n_codebooks=12, codebook_size=1024, codebook_dim=8),
+    "44khz": dict(encoder_dim=64, encoder_rates=[2, 4, 8, 8], decoder_dim=1536, decoder_rates=[8, 8, 4, 2],
+                  sample_rate=44100, n_codebooks=9, codebook_size=1024, codebook_dim=8),
+}
 
 Weights = str | Path | bytes
 
@@ -71,13 +73,13 @@ def load_dac(weights: Weights | None = None, model_type: str = "16khz"):
     return _build(dac.DAC, ckpt, name)
 
 
-def random_dac(seed: int = 0):
-    """A DAC 16 kHz of the real architecture with seeded random weights: what tests,
-    benchmarks and the offline demo use where no weights can be downloaded."""
+def random_dac(seed: int = 0, model_type: str = "16khz"):
+    """A DAC of the real architecture (16 kHz unless told) with seeded random weights: what
+    tests, benchmarks and the offline demo use where no weights can be downloaded."""
     import dac
 
     torch.manual_seed(seed)
-    return dac.DAC(**DAC_16KHZ).eval()
+    return dac.DAC(**DAC_ARCHITECTURES[model_type]).eval()
 
 
 def official_weights(model_type: str) -> Path:

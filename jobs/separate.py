@@ -110,13 +110,13 @@ def run(cfg: SeparateConfig) -> JobReport:
 
     cfg.check()
     report = JobReport("separate")
-    with report.stage("load_models"):
-        masker = sfs.read_bytes(cfg.masker)
-        tables = resolve.codec_tables(cfg.codec_tables, cfg.codec_weights)
     with report.stage("prompt_embeddings"):
+        masker = sfs.read_bytes(cfg.masker)
         vectors, encoder = resolve.prompt_vectors(
             cfg.prompts, cfg.prompt_table, cfg.clap_checkpoint, masker_config(masker).cond_dim, masker_prompt_encoder(masker)
         )
+    with report.stage("load_models"):
+        tables = resolve.codec_tables(cfg.codec_tables, cfg.codec_weights)
     report.extra.update(prompts=list(cfg.prompts), prompt_encoder=encoder)
     stage = SeparateStage(masker, tables, cfg.prompts, vectors, cfg.separator)
     return run_stage(stage, Shards(cfg.input), cfg.output, cfg.ray, cfg.run, report)

@@ -1,4 +1,4 @@
-"""Prompt table: text prompts and their embeddings in one Parquet file (DESIGN.md §4).
+"""Prompt table: text prompts and their embeddings in one Parquet file (docs/architecture.md).
 
 Jobs embed each distinct prompt once (CLAP) and ship vectors to the GPU actors; storing
 them lets a later run reuse the vectors without loading the text encoder. The encoder

@@ -1,4 +1,4 @@
-"""Shard schemas (DESIGN.md §4), the row checks that route bad rows to `_errors`, and fast
+"""Shard schemas (docs/architecture.md, "Data contracts"), the row checks that route bad rows to `_errors`, and fast
 codes <-> numpy/Arrow conversion.
 
 Code shard: one row per clip, columns of `CODE_SHARD_SCHEMA`; any other column passes

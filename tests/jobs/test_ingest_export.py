@@ -233,3 +233,38 @@ def test_separated_shards_export_one_file_per_clip_and_prompt(ray_session, dac_w
     back = read_dac((tmp_path / "dac" / "album" / "track" / "dog_barking.dac").read_bytes())
     np.testing.assert_array_equal(back.codes, codes)
     assert (back.original_length, back.sample_rate, back.channels) == (13000, 22050, 2)
+
+
+@pytest.fixture(scope="module")
+def dac44_weights(tmp_path_factory):
+    """A DAC 44 kHz of the real architecture with random weights, saved as DAC saves it."""
+    from codecsep_core.dac_codec import random_dac
+
+    path = tmp_path_factory.mktemp("dac44") / "dac44_random.pth"
+    random_dac(1, "44khz").save(str(path), package=False)
+    return path
+
+
+def test_ingest_and_export_follow_the_codec_of_44khz_weights(ray_session, dac44_weights, tmp_path):
+    write_clip(tmp_path / "in" / "a.wav", clip(0.3, 44100), 44100)
+    report = run_ingest(str(tmp_path / "in"), str(tmp_path / "codes"), "--codec-weights", str(dac44_weights))
+    assert (report.rows_out, report.errors, report.extra["codec"]) == (1, 0, "dac_44khz")
+    row = rows_by_id(str(tmp_path / "codes"))["a"]
+    assert (row["codec"], row["sample_rate"], len(row["codes"])) == ("dac_44khz", 44100, 9)
+    report = run_export(str(tmp_path / "codes"), str(tmp_path / "wav"), "--codec-weights", str(dac44_weights))
+    assert (report.rows_out, report.errors) == (1, 0)
+    assert sf.info(str(tmp_path / "wav" / "a.wav")).frames == int(0.3 * 44100)
+
+
+def test_a_5_1_wav_ingests_as_six_rows(ray_session, dac_weights, tmp_path):
+    """Film and broadcast audio: one row per channel, loudness measured as BS.1770 says for
+    5.1 (without the LFE channel), and back to one 6-channel file on export."""
+    write_clip(tmp_path / "in" / "film.wav", clip(0.4, 48000, channels=6), 48000)
+    report = run_ingest(str(tmp_path / "in"), str(tmp_path / "codes"), "--codec-weights", str(dac_weights))
+    assert (report.rows_out, report.errors) == (6, 0)
+    rows = rows_by_id(str(tmp_path / "codes"))
+    assert set(rows) == {f"film#ch{k}" for k in range(6)}
+    assert {r["dac_channels"] for r in rows.values()} == {6}
+    run_export(str(tmp_path / "codes"), str(tmp_path / "wav"), "--codec-weights", str(dac_weights))
+    info = sf.info(str(tmp_path / "wav" / "film.wav"))
+    assert (info.channels, info.frames, info.samplerate) == (6, int(0.4 * 48000), 48000)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jobs import evaluate, prepare_train, synthetic, train
+from jobs import evaluate, prepare_train, resolve, separate, synthetic, train
 from storage import shards
 
 FAST = ["ray.num_cpus_per_actor=2"]
@@ -77,7 +77,7 @@ def test_trained_masker_beats_identity_and_wrong_prompt(synthetic_sets, tmp_path
     weights = synthetic_sets / "codec.pth"
     report = train.run(train.parse_args(train_args(synthetic_sets / "data", run_dir, weights, "max_steps=200",
                                                    "val_every=100", "checkpoint_every=100", "optimizer.lr=0.002")))
-    assert report.extra["prompt_encoder"] == train.FIXED_ENCODER
+    assert report.extra["prompt_encoder"] == resolve.FIXED_ENCODER
     history = report.extra["val_history"]
     assert [h["step"] for h in history] == [100, 200]
     ev, table = run_evaluate(synthetic_sets / "heldout" / "train", tmp_path / "eval", run_dir, weights)
@@ -92,6 +92,39 @@ def test_trained_masker_beats_identity_and_wrong_prompt(synthetic_sets, tmp_path
     assert set(saved) == set(synthetic.KINDS) | {"(all)"}
     assert len(saved["tone"]["code_agreement_per_codebook"]) == 12
     assert "| tone |" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+
+def test_evaluate_measures_what_separate_writes(synthetic_sets, tmp_path):
+    """evaluate's latent SNR per prompt equals the SNR of separate's output rows for the same
+    mixtures: both run the product's Separator (windows, cross-fade, re-quantization)."""
+    import torch
+
+    from codecsep_core import CodecTables
+    from codecsep_core.training import latent_snr
+    from storage.schema import CODE_SHARD_SCHEMA, codes_to_numpy, table_from_columns
+
+    run_dir = tmp_path / "run"
+    weights = synthetic_sets / "codec.pth"
+    train.run(train.parse_args(train_args(synthetic_sets / "data", run_dir, weights, "max_steps=20", "val_every=20",
+                                          "checkpoint_every=20", "optimizer.lr=0.002")))
+    heldout = shards.read_table(str(synthetic_sets / "heldout" / "train"))
+    ev, _ = run_evaluate(synthetic_sets / "heldout" / "train", tmp_path / "eval", run_dir)
+    codes = table_from_columns({"id": heldout["id"], "codes": heldout["mix_codes"], "codec": heldout["codec"],
+                                "sample_rate": heldout["sample_rate"], "n_samples": heldout["n_samples"]}, CODE_SHARD_SCHEMA)
+    shards.write_table_atomic(str(tmp_path / "codes" / "part-0.parquet"), codes)
+    separate.run(separate.parse_args([
+        "--input", str(tmp_path / "codes"), "--output", str(tmp_path / "separated"),
+        "--masker", str(run_dir / "masker.safetensors"), "--codec-tables", str(run_dir / "codec_tables.safetensors"),
+        "--prompt-table", str(run_dir / "prompts.parquet"), *sum((["--prompt", k] for k in synthetic.KINDS), []), *FAST]))
+    out = {(r["id"], r["prompt"]): r["codes"] for r in shards.read_table(str(tmp_path / "separated")).to_pylist()}
+    tables = CodecTables.load(run_dir / "codec_tables.safetensors")
+    per_prompt: dict[str, list[float]] = {}
+    for row in heldout.to_pylist():
+        z_hat = tables.lookup(torch.from_numpy(codes_to_numpy(out[(row["id"], row["prompt"])]).astype(np.int64)))
+        z_t = tables.lookup(torch.from_numpy(codes_to_numpy(row["target_codes"]).astype(np.int64)))
+        per_prompt.setdefault(row["prompt"], []).append(float(latent_snr(z_hat[None], z_t[None])[0]))
+    for prompt, snrs in per_prompt.items():
+        assert ev.extra["summary"][prompt]["latent_snr"] == pytest.approx(np.mean(snrs), abs=1e-3), prompt
 
 
 def write_dnr_clip(folder: Path, seconds: float = 2.0, rate: int = 16000) -> None:
