@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 def _set_weight_norm(conv: torch.nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
     """Set a weight-normed conv (DAC's WNConv1d: weight_g, weight_v) to `weight`, `bias`."""
-    conv.weight_v.copy_(weight)
-    conv.weight_g.copy_(weight.flatten(1).norm(dim=1).clamp(min=1e-12).view_as(conv.weight_g))
-    conv.bias.copy_(bias)
+    v, g, b = (getattr(conv, name) for name in ("weight_v", "weight_g", "bias"))
+    v.copy_(weight)
+    g.copy_(weight.flatten(1).norm(dim=1).clamp(min=1e-12).view_as(g))
+    b.copy_(bias)
 
 
 def _principal(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

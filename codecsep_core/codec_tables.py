@@ -51,6 +51,10 @@ DAC_CODECS = {
 }
 
 
+def _name(src: model_io.Source) -> str:
+    return "<bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
+
+
 def _weight_norm(state: dict, prefix: str) -> torch.Tensor:
     """Effective weight of a weight-normed conv, from either weight-norm API's state dict."""
     if prefix + "weight_v" in state:  # torch.nn.utils.weight_norm (what DAC 1.0 uses)
@@ -127,9 +131,9 @@ class CodecTables:
         try:
             ckpt = torch.load(io.BytesIO(model_io.read_source(path)), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - re-raised with the path and what was expected
-            raise ValueError(f"{path}: not a readable DAC checkpoint ({e})") from e
+            raise ValueError(f"{_name(path)}: not a readable DAC checkpoint ({e})") from e
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ValueError(f"{path}: not a DAC checkpoint (no 'state_dict')")
+            raise ValueError(f"{_name(path)}: not a DAC checkpoint (no 'state_dict')")
         kwargs = (ckpt.get("metadata") or {}).get("kwargs") or {}
         sample_rate = int(kwargs.get("sample_rate", 44100))
         rates = kwargs.get("encoder_rates", [2, 4, 8, 8])

@@ -60,7 +60,7 @@ def collate(
         mix[i, :, :length] = torch.from_numpy(np.asarray(m[:, start : start + length], dtype=np.int64))
         tgt[i, :, :length] = torch.from_numpy(np.asarray(t[:, start : start + length], dtype=np.int64))
         valid[i, :length] = True
-        if audio is not None:
+        if audio is not None and target_audio is not None:
             a = np.asarray(target_audio[i], dtype=np.float32)[start * hop : (start + length) * hop]
             audio[i, : a.shape[0]] = torch.from_numpy(a)
     return Batch(mix, tgt, valid, torch.as_tensor(np.asarray(cond), dtype=torch.float32), audio)
@@ -130,7 +130,7 @@ def train_step(masker: Masker, optimizer: torch.optim.Optimizer, loss_fn: Callab
     loss.backward()
     params = [p for p in masker.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip else torch.linalg.vector_norm(
-        torch.stack([p.grad.norm() for p in params]))
+        torch.stack([p.grad.norm() for p in params if p.grad is not None]))
     optimizer.step()
     return {"loss": float(loss.detach()), "grad_norm": float(norm)}
 

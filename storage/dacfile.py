@@ -260,7 +260,7 @@ def write_dac(dac: DacFile) -> bytes:
         },
     }
     buf = io.BytesIO()
-    np.save(buf, artifacts, allow_pickle=True)
+    np.save(buf, np.array(artifacts, dtype=object), allow_pickle=True)
     return buf.getvalue()
 
 

@@ -165,7 +165,7 @@ def codes_to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray) and value.dtype != object:
         return _integer_matrix(value)
     if isinstance(value, (np.ndarray, list, tuple)):
-        return _stack_codebooks(value)
+        return _stack_codebooks(list(value))
     raise MalformedCodes(f"malformed codes: {type(value).__name__}")
 
 
