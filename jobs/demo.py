@@ -13,7 +13,6 @@ meaningless there). Every mixture holds one source of each kind at equal loudnes
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import dataclass, field
@@ -168,10 +167,8 @@ def run(cfg: DemoConfig) -> str:
 
 
 def parse_args(argv: list[str] | None) -> DemoConfig:
-    p = argparse.ArgumentParser(prog="codecsep demo", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(job_config.default_config_path("demo")))
+    p = job_config.job_parser("demo", DemoConfig, __doc__.splitlines()[0])
     p.add_argument("--output", help="output folder (local)")
-    p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. max_steps=100")
     a = p.parse_args(argv)
     setup_logging(a.verbose)

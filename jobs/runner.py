@@ -273,7 +273,7 @@ def _execute(ray, stage, source, output, ray_options: RayOptions, options: RunOp
         compute=ActorPoolStrategy(min_size=ray_options.min_actors, max_size=ray_options.max_actors),
         num_cpus=ray_options.num_cpus_per_actor,
         num_gpus=ray_options.num_gpus_per_actor,
-        **storage_env(),
+        **actor_env(),
     )
     sink = ShardSink(output, stage.name, stage.key, s3, min_rows_per_file=options.min_rows_per_file)
     failure: list[BaseException] = []
@@ -291,12 +291,13 @@ def _execute(ray, stage, source, output, ray_options: RayOptions, options: RunOp
         raise failure[0]
 
 
-def storage_env() -> dict:
-    """The driver's object-storage settings (AWS_* variables), passed on to the stage's
-    actors, whose workers may have been started before they were set, or on other nodes."""
+def actor_env() -> dict:
+    """The driver's object-storage settings (AWS_* variables) and warning filters, passed on
+    to the stage's actors, whose workers may have started before they were set, or on
+    other nodes."""
     import os
 
-    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k == "PYTHONWARNINGS"}
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 

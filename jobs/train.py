@@ -395,7 +395,6 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p = job_config.job_parser("train", TrainConfig, __doc__.splitlines()[0])
     p.add_argument("args", nargs="*", metavar="DATA OUTPUT [key=value ...]",
                    help="prepare-train output URI, run output URI, then config overrides")
-    p.add_argument("--config", default=str(job_config.default_config_path("train")))
     p.add_argument("--preset", help="masker preset: paper | tiny")
     p.add_argument("--codec-weights", help="DAC checkpoint URI")
     p.add_argument("--codec-tables", help="codec tables URI")

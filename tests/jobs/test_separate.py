@@ -1,5 +1,6 @@
 """The main job end to end: real local Ray, real Parquet, a loopback S3 server (moto),
 a random-weight masker and codec tables of the real architectures."""
+import json
 import os
 import subprocess
 import sys
@@ -141,6 +142,24 @@ def test_bad_rows_of_each_kind_land_in_errors_and_good_rows_land(ray_session, tm
     assert "unreadable shard" in unreadable[0]["reason"]
     assert all(e["source"].endswith("mixed.parquet") for e in errors if e["id"])
     assert report.errors == 6 and report.rows_out == len(ids) * 3
+
+
+def test_mostly_bad_input_exits_3_after_writing_every_error_row(ray_session, tmp_path, tables, models, embeddings):
+    """Over the error budget (run.max_error_fraction), a scheduler must notice: exit 3, with
+    the rows written and the report printed."""
+    bad = shard([f"bad{i}" for i in range(4)], [rand_codes(30, i, n_q=9) for i in range(4)])
+    good = shard(["good"], [rand_codes(30, 9)])
+    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p.parquet": pa.concat_tables([bad, good])})
+    cmd = [sys.executable, "-m", "jobs.separate", "--input", cfg.input, "--output", cfg.output, "--masker", cfg.masker,
+           "--codec-tables", cfg.codec_tables, "--prompt-table", cfg.prompt_table, "--max-error-fraction", "0.5",
+           *[a for p in PROMPTS for a in ("--prompt", p)]]
+    done = subprocess.run(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "4 of 5 input rows failed, over max_error_fraction=0.5" in done.stderr
+    assert read_errors(cfg.output).num_rows == 4
+    assert_exactly_once(cfg.output, ["good"])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (report["errors"], report["rows_in"]) == (4, 5)
 
 
 def test_rerun_over_a_grown_archive_processes_only_new_clips(ray_session, tmp_path, tables, models, embeddings):
