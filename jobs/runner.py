@@ -319,8 +319,10 @@ def _watch(writer: threading.Thread, tally, name: str, options: RunOptions, ray)
                 totals.get("rows_out", 0), totals.get("errors", 0), totals.get("audio_s", 0.0) / 3600,
             )
         elif writer.is_alive() and time.monotonic() - last_change > options.stall_timeout_s:
+            state = _cluster_state(ray)
+            ray.shutdown()  # ends this driver's actors and tasks; the checkpoint keeps what was written
             raise JobStalled(
-                f"{name}: no row completed for {options.stall_timeout_s:.0f} s; {_cluster_state(ray)}. "
+                f"{name}: no row completed for {options.stall_timeout_s:.0f} s; {state}. "
                 "Rerun the same command to resume once the cluster has room."
             )
 
