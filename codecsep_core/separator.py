@@ -15,7 +15,7 @@ import torch
 
 from codecsep_core.codec_tables import CodecTables
 from codecsep_core.masker import Masker
-from codecsep_core.windows import Slot, crossfade_weights, pack_windows, plan_windows
+from codecsep_core.windows import Slot, Window, crossfade_weights, pack_windows, plan_windows
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,4 +1,5 @@
 """Separation of codes: exactness, batch independence, windows, long clips, bad input."""
+import itertools
 import json
 import subprocess
 import sys
@@ -164,5 +165,5 @@ def test_pack_windows_fills_rows_and_keeps_window_order():
         assert len({s.row for s in b}) <= 2
         for row in {s.row for s in b}:
             spans = sorted((s.offset, s.offset + s.window.length) for s in b if s.row == row)
-            assert spans[-1][1] <= 100 and all(a[1] <= c[0] for a, c in zip(spans, spans[1:]))
+            assert spans[-1][1] <= 100 and all(a[1] <= c[0] for a, c in itertools.pairwise(spans))
     assert len(batches) < len(windows) / 2
