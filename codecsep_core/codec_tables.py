@@ -211,18 +211,21 @@ class CodecTables:
         """latent [B, latent_dim, T] -> codes [B, n_q, T], as DAC's `quantizer(z)` in eval
         mode: per stage in_proj, L2-normalised nearest codebook entry, out_proj, subtract."""
         n_q = n_quantizers or self.info.n_codebooks
-        residual = latent.float()
+        b, d, t = latent.shape
+        # Frames-major [B*T, D] matmuls: the same sums as DAC's 1x1 convs, without oneDNN's
+        # per-call reorders of a channels-first latent (those cost 6-10x the arithmetic).
+        residual = latent.float().transpose(1, 2).reshape(b * t, d)
         codes = []
         for i in range(n_q):
-            z_e = F.conv1d(residual, self.in_w[i], self.in_b[i])  # [B, d, T]
-            enc = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
+            z_e = F.linear(residual, self.in_w[i, :, :, 0], self.in_b[i])  # [B*T, d]
+            enc = F.normalize(z_e)
             # DAC's |e|^2 - 2 e.c + |c|^2, in place and in its rounding order (scaling by 2
-            # and negating are exact), so codes stay bit-equal to DAC's.
+            # and negating are exact), so codes stay equal to DAC's.
             dist = torch.mm(enc, self.codebooks_normed[i].t())
             dist.mul_(-2).add_(enc.pow(2).sum(1, keepdim=True)).add_(self.codebook_sq[i])
-            idx = dist.argmin(1).view(z_e.shape[0], z_e.shape[2])
-            z_q = F.embedding(idx, self.codebooks[i]).transpose(1, 2)
-            z_q = z_e + (z_q - z_e)  # DAC's straight-through expression, kept for bit-equality
-            residual = residual - F.conv1d(z_q, self.out_w[i], self.out_b[i])
-            codes.append(idx)
+            idx = dist.argmin(1)
+            z_q = F.embedding(idx, self.codebooks[i])
+            z_q = z_e + (z_q - z_e)  # DAC's straight-through expression, kept for equality
+            residual = residual - F.linear(z_q, self.out_w[i, :, :, 0], self.out_b[i])
+            codes.append(idx.view(b, t))
         return torch.stack(codes, dim=1)

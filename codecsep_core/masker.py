@@ -86,6 +86,27 @@ def sinusoidal_positions(n: int, dim: int, device=None, dtype=None) -> torch.Ten
     return pe.to(dtype or torch.float32)
 
 
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """[B, T] frame positions counted from the first frame of each frame's segment."""
+    t = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    return t - torch.where(starts, t, torch.zeros_like(t)).cummax(dim=1).values
+
+
+def attention_mask(valid: torch.Tensor | None, segments: torch.Tensor | None) -> torch.Tensor | None:
+    """SDPA's boolean mask (True: may attend), the cheapest form that serves: none when every
+    frame is real and rows hold one clip (full windows, the common case), a key padding mask
+    [B, 1, 1, T] when rows hold one clip each, else a block-diagonal mask [B, 1, T, T]
+    (padding attends to padding, so no query row is fully masked)."""
+    if segments is not None:
+        if bool(((segments == segments[:, :1]) | (segments < 0)).all()) and bool((segments[:, 0] >= 0).all()):
+            valid = segments >= 0
+        else:
+            return (segments[:, :, None] == segments[:, None, :])[:, None]
+    return None if valid is None or bool(valid.all()) else valid[:, None, None, :]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention on SDPA (fused kernels), with a key padding mask.
     Parameter layout as nn.MultiheadAttention (packed in_proj, out_proj)."""
@@ -146,29 +167,33 @@ class Masker(nn.Module):
         self.fold_tail = True
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor, valid: torch.Tensor | None = None,
-                all_prompts: bool = False) -> torch.Tensor:
+                all_prompts: bool = False, segments: torch.Tensor | None = None) -> torch.Tensor:
         """`valid` [B, T] bool marks real frames; padded frames are never attended to, so a
         window's mask does not depend on what else shares its batch.
+
+        `segments` [B, T] int (instead of `valid`) packs several clips into one row: frames
+        attend only to frames of their own segment id, positions restart at each segment's
+        first frame, and -1 marks padding. A packed clip's mask is the one it gets alone.
 
         all_prompts=False: one prompt per window, cond [B, C] -> [B, D, T].
         all_prompts=True: every window under every prompt, cond [P, C] -> [B * P, D, T],
         window-major. The input projection is linear and prompt-independent, so it then runs
         once per window, not once per pair."""
-        x = self._down(z)
+        x = self._down(z, segments)
+        attn_mask = attention_mask(valid, segments)
         if all_prompts:
             n_w, n_p = z.shape[0], cond.shape[0]
             x, cond = x.repeat_interleave(n_p, dim=0), cond.repeat(n_w, 1)
-            valid = None if valid is None else valid.repeat_interleave(n_p, dim=0)
-        return self._from_width(x, cond, valid)
+            attn_mask = None if attn_mask is None else attn_mask.repeat_interleave(n_p, dim=0)
+        return self._from_width(x, cond, attn_mask)
 
-    def _down(self, z: torch.Tensor) -> torch.Tensor:
+    def _down(self, z: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
         """ch_down as one matmul straight into the [B, T, W] layout the Transformer reads."""
         x = torch.matmul(z.transpose(1, 2), self.ch_down.weight[:, :, 0].t())
-        return x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
+        pe = sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
+        return x + (pe if segments is None else pe[segment_positions(segments)])
 
-    def _from_width(self, x: torch.Tensor, cond: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        # All-valid batches (the common case: full windows) take SDPA's unmasked kernel.
-        attn_mask = None if valid is None or bool(valid.all()) else valid[:, None, None, :]
+    def _from_width(self, x: torch.Tensor, cond: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         for layer in self.layers:
             x = layer(x, cond, attn_mask)
         if self.training or torch.is_grad_enabled() or not self.fold_tail:

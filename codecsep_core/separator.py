@@ -1,7 +1,8 @@
 """Codes in, codes out: lookup -> masker -> M * Z -> re-quantize, over windows of any clip.
 
-Windows of many clips are packed into masker batches (with a padding mask, so a window's
-result does not depend on its batch mates). Each clip is streamed window by window: the
+Windows of many clips are packed into masker batches: short windows (short clips, last
+windows) share masker rows, with attention kept within each window and positions restarted
+per window, so a window's result does not depend on its batch or row mates. Each clip is streamed window by window: the
 frames a window finalises are re-quantized at once, so memory is bounded by the window
 and batch sizes, never by the clip length (re-quantization is frame-wise, which makes
 this exact).
@@ -14,7 +15,7 @@ import torch
 
 from codecsep_core.codec_tables import CodecTables
 from codecsep_core.masker import Masker
-from codecsep_core.windows import Window, crossfade_weights, plan_windows
+from codecsep_core.windows import Slot, Window, crossfade_weights, pack_windows, plan_windows
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -23,7 +24,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 class SeparatorConfig:
     window_frames: int = 500  # 10 s at 50 frames/s, as evaluated in the paper
     overlap_frames: int = 50
-    batch_windows: int = 8  # windows per masker call (each run once per prompt)
+    batch_windows: int = 8  # masker rows of window_frames per call (each run once per prompt)
     precision: str = "fp32"  # masker compute dtype: fp32 | bf16 | fp16
 
     def __post_init__(self):
@@ -115,9 +116,9 @@ class Separator:
         n_prompts = embeddings.shape[0]
         d = self.tables.info.latent_dim
         streams = [_ClipStream(c.to(self.device), n_prompts, cfg.overlap_frames, d) for c in codes]
-        windows = [w for i, c in enumerate(codes) for w in plan_windows(c.shape[1], cfg.window_frames, cfg.overlap_frames, i)]
-        for b in range(0, len(windows), cfg.batch_windows):
-            self._run_batch(windows[b : b + cfg.batch_windows], streams, embeddings)
+        windows = (w for i, c in enumerate(codes) for w in plan_windows(c.shape[1], cfg.window_frames, cfg.overlap_frames, i))
+        for batch in pack_windows(windows, cfg.window_frames, cfg.batch_windows):
+            self._run_batch(batch, streams, embeddings)
         return [s.result() for s in streams]
 
     def _check_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -128,20 +129,22 @@ class Separator:
             raise ValueError("embeddings contain NaN or inf")
         return embeddings.to(self.device, torch.float32)
 
-    def _run_batch(self, windows: list[Window], streams: list[_ClipStream], embeddings: torch.Tensor) -> None:
-        n_w, n_p = len(windows), embeddings.shape[0]
-        length = max(w.length for w in windows)
+    def _run_batch(self, slots: list[Slot], streams: list[_ClipStream], embeddings: torch.Tensor) -> None:
+        n_rows, n_p = 1 + max(s.row for s in slots), embeddings.shape[0]
+        length = max(s.offset + s.window.length for s in slots)
         n_q = self.tables.info.n_codebooks
-        codes = torch.zeros(n_w, n_q, length, dtype=torch.long, device=self.device)
-        valid = torch.zeros(n_w, length, dtype=torch.bool, device=self.device)
-        for j, w in enumerate(windows):
-            codes[j, :, : w.length] = streams[w.clip].codes[:, w.start : w.stop]
-            valid[j, : w.length] = True
-        z = self.tables.lookup(codes)  # [n_w, D, L]
-        masks = self._masks(z, embeddings, valid).view(n_w, n_p, z.shape[1], length)
+        codes = torch.zeros(n_rows, n_q, length, dtype=torch.long, device=self.device)
+        segments = torch.full((n_rows, length), -1, dtype=torch.long, device=self.device)
+        for k, s in enumerate(slots):
+            w = s.window
+            codes[s.row, :, s.offset : s.offset + w.length] = streams[w.clip].codes[:, w.start : w.stop]
+            segments[s.row, s.offset : s.offset + w.length] = k
+        z = self.tables.lookup(codes)  # [n_rows, D, L]
+        masks = self._masks(z, embeddings, segments).view(n_rows, n_p, z.shape[1], length)
         finals, spans = [], []
-        for j, w in enumerate(windows):
-            start, z_hat = streams[w.clip].add(w, z[j, :, : w.length], masks[j, :, :, : w.length].float())
+        for s in slots:
+            w, frames = s.window, slice(s.offset, s.offset + s.window.length)
+            start, z_hat = streams[w.clip].add(w, z[s.row, :, frames], masks[s.row, :, :, frames].float())
             finals.append(z_hat)
             spans.append((w.clip, start, z_hat.shape[2]))
         # Re-quantization is frame-wise: quantize every finalised span of the batch at once.
@@ -151,9 +154,9 @@ class Separator:
             streams[clip].out[:, :, start : start + n] = new_codes[:, :, offset : offset + n].to(torch.int32).cpu()
             offset += n
 
-    def _masks(self, z: torch.Tensor, embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Masker on every (window, prompt) pair, window-major: [n_w * P, D, L]."""
+    def _masks(self, z: torch.Tensor, embeddings: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """Masker on every (row, prompt) pair, row-major: [n_rows * P, D, L]."""
         if self.dtype == torch.float32:
-            return self.masker(z, embeddings, valid, all_prompts=True)
+            return self.masker(z, embeddings, all_prompts=True, segments=segments)
         with torch.autocast(self.device.type, dtype=self.dtype):
-            return self.masker(z, embeddings, valid, all_prompts=True).float()
+            return self.masker(z, embeddings, all_prompts=True, segments=segments).float()

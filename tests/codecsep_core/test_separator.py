@@ -1,4 +1,5 @@
 """Separation of codes: exactness, batch independence, windows, long clips, bad input."""
+import itertools
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from codecsep_core import Masker, MaskerConfig, Separator, SeparatorConfig
-from codecsep_core.windows import crossfade_weights, plan_windows
+from codecsep_core.windows import crossfade_weights, pack_windows, plan_windows
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,39 @@ def test_clips_from_one_frame_to_30_minutes_with_bounded_memory(tables, tmp_path
     # A 30-minute latent alone is 90k frames x 1024 x 4 B = 369 MB per prompt; streaming keeps
     # the growth to the (small, O(T)) code arrays.
     assert half_hour["grow_mb"] - minute["grow_mb"] < 100, (minute, half_hour)
+
+
+def test_packed_short_clips_equal_each_clip_alone(tables, prompts):
+    """Short clips share masker rows (attention within each clip, positions per clip): the
+    codes and scores are those of separating each clip alone, and the masker runs on far
+    fewer rows than there are clips."""
+    torch.manual_seed(0)
+    masker = Masker(MaskerConfig.preset("tiny")).eval()
+    rows = []
+    masker.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    sep = Separator(masker=masker, tables=tables, config=SeparatorConfig(window_frames=100, overlap_frames=20, batch_windows=4))
+    gen = torch.Generator().manual_seed(3)
+    clips = [rand_codes(int(n), i) for i, n in enumerate(torch.randint(1, 60, (40,), generator=gen))]
+    packed = sep.separate(clips, prompts)
+    assert sum(rows) < len(clips) / 2
+    equal = total = 0
+    for clip, res in zip(clips, packed):
+        alone = sep.separate([clip], prompts)[0]
+        equal += int((alone.codes == res.codes).sum())
+        total += alone.codes.numel()
+        for k in ("energy_kept", "mask_mean"):
+            torch.testing.assert_close(alone.scores[k], res.scores[k], rtol=1e-4, atol=1e-6)
+    assert equal / total >= 0.999, equal / total
+
+
+def test_pack_windows_fills_rows_and_keeps_window_order():
+    lengths = [30, 100, 5, 70, 100, 40, 60, 1, 99]
+    windows = [w for i, n in enumerate(lengths) for w in plan_windows(n, 100, 10, i)]
+    batches = list(pack_windows(windows, 100, 2))
+    assert [s.window for b in batches for s in b] == windows  # every window once, in order
+    for b in batches:
+        assert len({s.row for s in b}) <= 2
+        for row in {s.row for s in b}:
+            spans = sorted((s.offset, s.offset + s.window.length) for s in b if s.row == row)
+            assert spans[-1][1] <= 100 and all(a[1] <= c[0] for a, c in itertools.pairwise(spans))
+    assert len(batches) < len(windows) / 2

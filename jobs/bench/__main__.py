@@ -1,0 +1,4 @@
+"""`python -m jobs.bench`."""
+from jobs.bench import main
+
+raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The bench's typed config (configs/bench.yaml holds the same keys and defaults) and its targets."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from codecsep_core import SeparatorConfig
+
+# --quick: the same measurements on less data, in a few minutes.
+QUICK = ["batch_sizes=[1,8]", "repeats=2", "job_seconds=120", "job_actors=[1]", "job_repeats=1",
+         "length_seconds=[1,10,60]", "ingest_seconds=40", "matmul_size=1536", "quality.steps=60",
+         "waveform_max_batch=1", "speedup_batch=1"]
+TARGETS = {"x_realtime": 250.0, "short_vs_long": 0.9, "job_vs_bare_loop": 0.9}
+# A precision is "at equal quality" when its latent SNR vs the target source is within this
+# many dB of fp32's on the held-out set (docs/benchmarks.md, "The quality rule").
+EQUAL_QUALITY_DB = 0.1
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """The held-out set that judges reduced precision: a codec fitted to generated audio, a
+    masker trained briefly on mixtures of one source of each synthetic kind, held-out
+    mixtures of other sources."""
+
+    preset: str = "paper"  # masker trained for the rule; the one whose speed is reported
+    steps: int = 200
+    lr: float = 0.0005
+    batch_rows: int = 12
+    train_mixtures: int = 12
+    heldout_mixtures: int = 4
+    clip_seconds: float = 1.0
+    codec_fit_per_kind: int = 8
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    masker_preset: str = "paper"
+    clip_seconds: float = 10.0
+    short_clip_seconds: float = 1.0  # short-clip / long-clip throughput: clips of this length
+    n_prompts: int = 1
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    speedup_batch: int = 8
+    waveform_max_batch: int = 8
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    repeats: int = 3
+    waveform_repeats: int = 1
+    ablation_prompts: int = 4
+    job_seconds: float = 3600.0
+    job_shards: int = 4
+    job_actors: list[int] = field(default_factory=lambda: [1, 2])
+    job_cpus: float = 2.0
+    job_batch_size: int = 16
+    job_repeats: int = 2
+    length_seconds: list[float] = field(default_factory=lambda: [1.0, 10.0, 60.0, 600.0])
+    ingest_seconds: float = 120.0
+    matmul_size: int = 2048
+    threads: int = 0
+    seed: int = 0
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    gpu_batch_windows: list[int] = field(default_factory=lambda: [8, 64, 256])
+    docs: str | None = "docs/benchmarks.md"
+    separator: SeparatorConfig = field(default_factory=SeparatorConfig)
+
+    def check(self) -> None:
+        if self.speedup_batch not in self.batch_sizes or self.speedup_batch > self.waveform_max_batch:
+            raise ValueError("speedup_batch must be one of batch_sizes and at most waveform_max_batch")
+        if "fp32" not in self.precisions:
+            raise ValueError("precisions must include fp32 (the reference of the quality rule)")
