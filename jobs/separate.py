@@ -9,6 +9,7 @@ curation scores. The runner (jobs.runner) reads the shards, resumes, writes and 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,9 +87,11 @@ class SeparateStage(Stage):
         codes = [checked[i].codes for i in good]
         meta = rows.drop_columns(["codes"]).to_pylist()
         spans = [separable_segments(row, c.shape[1]) for row, c in zip(meta, codes)]
+        t0 = time.perf_counter()
         results = separate_chunked(self.separator, [torch.from_numpy(c.astype(np.int64)) for c in codes], spans, self.embeddings)
-        audio_s = float(np.sum(rows["n_samples"].to_numpy() / rows["sample_rate"].to_numpy()))
-        return StageOutput(rows=self._output_rows(rows, results), errors=errors, tally={"audio_s": audio_s})
+        tally = {"separate_s": time.perf_counter() - t0,
+                 "audio_s": float(np.sum(rows["n_samples"].to_numpy() / rows["sample_rate"].to_numpy()))}
+        return StageOutput(rows=self._output_rows(rows, results), errors=errors, tally=tally)
 
     def _output_rows(self, rows: pa.Table, results) -> pa.Table:
         """One row per (clip, prompt), prompt-major: input columns with new codes + scores."""
