@@ -38,13 +38,14 @@ class SeparatorConfig:
 @dataclass
 class ClipResult:
     """One clip's separation, P prompts: codes [P, n_codebooks, T] and curation scores (each [P]);
-    `frame_share` [P, T], the share of each frame's latent energy the mask keeps (where the source
-    sounds: `codecsep_core.activity`); with `residual=True`, the residual stem `(1 - M) * Z`
-    re-quantized, [P, n_codebooks, T], and its own scores."""
+    per frame, the latent energy |Z|^2 [T] and the energy the mask keeps |M * Z|^2 [P, T] (where
+    the source sounds: `codecsep_core.activity`); with `residual=True`, the residual stem
+    `(1 - M) * Z` re-quantized, [P, n_codebooks, T], and its own scores."""
 
     codes: torch.Tensor
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
-    frame_share: torch.Tensor | None = None
+    frame_energy: torch.Tensor | None = None
+    frame_kept: torch.Tensor | None = None
     residual: torch.Tensor | None = None
     residual_scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -95,7 +96,8 @@ class _ClipStream:
         n_q, t = codes.shape
         self.out = torch.empty(n_prompts, n_q, t, dtype=torch.int32)
         self.residual = torch.empty(n_prompts, n_q, t, dtype=torch.int32) if quantize is not None else None
-        self.share = torch.empty(n_prompts, t, dtype=torch.float32)  # per frame |M Z|^2 / |Z|^2
+        self.frame_energy = torch.empty(t, dtype=torch.float32)  # per frame |Z|^2
+        self.frame_kept = torch.empty(n_prompts, t, dtype=torch.float32)  # per frame |M Z|^2
         self.carry: torch.Tensor | None = None  # weighted mask of the pending overlap
         self.energy_in = torch.zeros((), dtype=torch.float64)
         self.target = _Totals(n_prompts)
@@ -117,8 +119,8 @@ class _ClipStream:
         self.carry = None if w.last else mask[:, :, n_final:].clone()
         m, zf = mask[:, :, :n_final], z[:, :n_final]
         z_hat = m * zf
-        frame_in = zf.pow(2).sum(0)  # [n]
-        self.share[:, w.start : w.start + n_final] = (z_hat.pow(2).sum(1) / frame_in.clamp_min(1e-12)).cpu()
+        self.frame_energy[w.start : w.start + n_final] = zf.pow(2).sum(0).cpu()
+        self.frame_kept[:, w.start : w.start + n_final] = z_hat.pow(2).sum(1).cpu()
         self.energy_in += torch.linalg.vector_norm(zf).double().cpu() ** 2
         self.target.add(z_hat, m)
         if self.quantize is not None:
@@ -132,7 +134,8 @@ class _ClipStream:
         return ClipResult(
             codes=self.out,
             scores=self.target.scores(self.energy_in, n_values),
-            frame_share=self.share,
+            frame_energy=self.frame_energy,
+            frame_kept=self.frame_kept,
             residual=self.residual,
             residual_scores=self.rest.scores(self.energy_in, n_values) if self.residual is not None else {},
         )

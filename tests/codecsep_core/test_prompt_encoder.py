@@ -69,6 +69,27 @@ except TypeError:
 json.dump({"name": enc.name, "str_rejected": str_rejected}, open(out + ".json", "w"))
 """
 
+# Example clips through the audio branch: two kinds of synthetic source at 16 kHz, one of them
+# also at 48 kHz, and a 12 s clip (longer than the 10 s the non-fusion model takes at once).
+ENCODE_AUDIO_SCRIPT = """
+import sys, numpy as np, torch
+from codecsep_core.prompt_encoder import PromptEncoder
+from jobs import synthetic
+rng = np.random.default_rng(0)
+tone, noise = (synthetic.source(k, 2.0, 16000, rng) for k in ("tone", "noise"))
+tone48 = np.interp(np.arange(96000) / 3, np.arange(32000), tone).astype(np.float32)
+long = synthetic.source("clicks", 12.0, 16000, rng)
+enc = PromptEncoder()
+results = {"clips": enc.encode_audio([tone, noise, long], 16000), "again": enc.encode_audio([long, tone], 16000),
+           "tone48": enc.encode_audio([tone48], 48000), "text": enc.encode(["speech"])}
+try:
+    enc.encode_audio([np.zeros((2, 100), np.float32)], 16000)
+    results["stereo_rejected"] = torch.tensor(False)
+except ValueError:
+    results["stereo_rejected"] = torch.tensor(True)
+torch.save(results, sys.argv[1])
+"""
+
 CONSTRUCT_SCRIPT = """
 import sys
 from codecsep_core.prompt_encoder import PromptEncoder, PromptEncoderUnavailable
@@ -268,3 +289,18 @@ def test_tokenizer_that_knows_no_words_is_refused(hf_home, checkpoint, tmp_path)
     proc, _ = run_script(CONSTRUCT_SCRIPT, str(checkpoint), hf_home=home)
     assert proc.returncode == 3, proc.stderr
     assert "tokenizer" in proc.stdout and "vocab.json" in proc.stdout
+
+
+def test_encode_audio_through_the_clap_audio_branch(hf_home, tmp_path):
+    out = tmp_path / "audio.pt"
+    proc, _ = run_script(ENCODE_AUDIO_SCRIPT, str(out), hf_home=hf_home, offline=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    r = torch.load(out, weights_only=True)
+    clips = r["clips"]
+    assert clips.shape == (3, 512) and clips.dtype == torch.float32
+    torch.testing.assert_close(clips.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(r["again"], clips[[2, 0]], atol=1e-5, rtol=0)  # the 12 s clip too: no random crop
+    assert (clips[0] - clips[1]).abs().max() > 1e-4  # different sounds, different vectors
+    assert torch.dot(r["tone48"][0], clips[0]) > 0.99  # the same sound at another rate: nearly the same vector
+    assert r["text"].shape == (1, 512)  # one encoder serves both branches
+    assert bool(r["stereo_rejected"])
