@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0
 DAC_SPEC := descript-audiotools==0.7.2 descript-audio-codec==1.0.0
 
-.PHONY: install test demo bench clean
+.PHONY: install install-browser test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(DAC_SPEC)
 	touch $@
 
-test: install
+# Headless Chromium for the report's browser test (Debian's package; run as root in CI).
+install-browser:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: install install-browser
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q tests
 
 demo: install
