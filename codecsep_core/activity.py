@@ -84,7 +84,8 @@ def find_activity(kept: np.ndarray, energy: np.ndarray, frame_rate: float,
     return Activity(float(active.mean()) if len(active) else 0.0, spans)
 
 
-def clip_activity(frame_kept, frame_energy, frame_rate: float, cfg: ActivityConfig = ActivityConfig()) -> list[Activity]:
+def clip_activity(frame_kept, frame_energy, frame_rate: float,
+                  cfg: ActivityConfig = ActivityConfig()) -> list[Activity]:
     """`ClipResult.frame_kept` [P, T] and `frame_energy` [T] -> one `Activity` per prompt."""
     energy = np.asarray(frame_energy)
     return [find_activity(np.asarray(row), energy, frame_rate, cfg) for row in np.asarray(frame_kept)]

@@ -64,8 +64,8 @@ def histogram_svg(values: list[float], bins: int, color: str, title: str, width:
     bar_w = plot_w / bins
     bars = "".join(
         f'<rect x="{left + i * bar_w + 1:.1f}" y="{height - bottom - c / top * plot_h:.1f}" '
-        f'width="{bar_w - 2:.1f}" height="{c / top * plot_h:.1f}" fill="{color}"><title>{edges[i]:.2f}-{edges[i + 1]:.2f}: '
-        f"{c}</title></rect>"
+        f'width="{bar_w - 2:.1f}" height="{c / top * plot_h:.1f}" fill="{color}">'
+        f"<title>{edges[i]:.2f}-{edges[i + 1]:.2f}: {c}</title></rect>"
         for i, c in enumerate(counts))
     axis = (f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#333"/>'
             f'<line x1="{left}" y1="{height - bottom}" x2="{left}" y2="{height - bottom - plot_h}" stroke="#333"/>'

@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 
 from jobs import config as job_config
 from jobs.runtime import JobReport, run_cli, setup_logging
-from storage import fs as sfs
 from storage import segments, shards
 from storage.schema import CODE_SHARD_SCHEMA, DAC_SHARD_SCHEMA, MalformedCodes, codes_to_numpy, table_from_rows
 
@@ -60,8 +59,9 @@ def selected_rows(cfg: SelectConfig, table: pa.Table) -> pa.Table:
     needed += ["active_spans"] if cfg.spans else []
     missing = [c for c in needed if c not in names]
     if missing:
+        activity = {"active_spans", "active_fraction"} & set(missing)
         raise ValueError(f"the input lacks column(s) {missing}: is it a separated dataset"
-                         f"{' with activity (spans)' if 'active_spans' in missing or 'active_fraction' in missing else ''}?")
+                         f"{' with activity columns' if activity else ''}?")
     keep = pc.field("prompt") == cfg.prompt
     if "stem" in names:
         keep &= pc.field("stem") == cfg.stem
@@ -129,7 +129,8 @@ def run(cfg: SelectConfig) -> JobReport:
             good = []
             for row, made in output_rows(cfg, picked.to_pylist(), archive):
                 if isinstance(made, str):
-                    errors.append({"id": row["id"], "source": shard, "stage": STAGE, "prompt": cfg.prompt, "reason": made})
+                    errors.append({"id": row["id"], "source": shard, "stage": STAGE, "prompt": cfg.prompt,
+                                   "reason": made})
                     continue
                 good.append(made[0])
                 manifest.append(made[1])

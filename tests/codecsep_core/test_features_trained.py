@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from codecsep_core import Masker, MaskerConfig, Separator
+from codecsep_core import Masker, MaskerConfig, Separator, training
 from codecsep_core import activity as act
-from codecsep_core import training
 from codecsep_core.dac_codec import DacCodec
 from codecsep_core.separator import exclude_masks
 from jobs import synthetic

@@ -91,7 +91,8 @@ def test_exclude_composes_masks(tables, tiny_masker, prompts):
     assert torch.equal(result.residual.long(), tables.quantize((1 - m) * z[:2]))
     assert result.codes.shape == (2, 12, 90)
     excluded_masks = torch.tensor([[[0.5], [1.5]], [[-0.2], [0.0]]])  # [X=2, D=2, L=1]; 1 - M clipped to [0, 1]
-    torch.testing.assert_close(exclude_masks(torch.full((1, 2, 1), 0.8), excluded_masks), torch.tensor([[[0.4], [0.0]]]))
+    composed = exclude_masks(torch.full((1, 2, 1), 0.8), excluded_masks)
+    torch.testing.assert_close(composed, torch.tensor([[[0.4], [0.0]]]))
     with pytest.raises(ValueError, match="embeddings"):
         Separator(tables, tiny_masker).separate([codes], target, exclude=torch.zeros(1, 3))
 

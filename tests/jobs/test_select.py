@@ -20,7 +20,8 @@ def clip_row(clip_id: str, n_frames: int, n_samples: int, seed: int, **extra) ->
 
 def dac_meta(n_frames: int, original_rate: int, original_length: int, padding: bool = True) -> dict:
     return {"dac_version": "1.0.0", "dac_chunk_length": n_frames, "dac_padding": padding, "dac_input_db": -20.0,
-            "dac_channels": 1, "dac_channel": 0, "dac_original_length": original_length, "dac_sample_rate": original_rate}
+            "dac_channels": 1, "dac_channel": 0, "dac_original_length": original_length,
+            "dac_sample_rate": original_rate}
 
 
 @pytest.fixture
@@ -38,9 +39,11 @@ def datasets(tmp_path):
     separated = []
     for prompt, gain in (("dog", 1.0), ("rain", 0.5)):
         for clip in clips:
-            other = np.random.default_rng(len(separated) + 10).integers(0, 1024, clip["codes"].shape, dtype=np.uint16)
-            separated.append({**clip, "codes": other, "prompt": prompt, "energy_kept": gain * (0.2 + fraction[clip["id"]]),
-                              "mask_mean": 0.5, "active_fraction": fraction[clip["id"]], "active_spans": spans[clip["id"]]})
+            rng = np.random.default_rng(len(separated) + 10)
+            other = rng.integers(0, 1024, clip["codes"].shape, dtype=np.uint16)
+            separated.append({**clip, "codes": other, "prompt": prompt, "mask_mean": 0.5,
+                              "energy_kept": gain * (0.2 + fraction[clip["id"]]),
+                              "active_fraction": fraction[clip["id"]], "active_spans": spans[clip["id"]]})
     archive, sep = str(tmp_path / "archive"), str(tmp_path / "separated")
     with shards.ShardWriter(archive, "w") as w:
         w.write(table_from_rows(clips, DAC_SHARD_SCHEMA))
@@ -83,7 +86,8 @@ def test_span_segments_decode_to_their_exact_length_with_stable_ids(datasets, tm
     assert pq.read_table(f"{out}/{segments.MANIFEST_NAME}").equals(first_manifest)
 
     con = duckdb.connect()
-    count, total = con.execute(f"select count(*), sum(end_s - start_s) from read_parquet('{out}/{segments.MANIFEST_NAME}')").fetchone()
+    query = f"select count(*), sum(end_s - start_s) from read_parquet('{out}/{segments.MANIFEST_NAME}')"
+    count, total = con.execute(query).fetchone()
     assert count == 4 and total == pytest.approx((manifest.end_s - manifest.start_s).sum())
 
     exported = export.run(export.parse_args([out, str(tmp_path / "wav"), "--codec-weights", str(dac_weights)]))
