@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0
 DAC_SPEC := descript-audiotools==0.7.2 descript-audio-codec==1.0.0
 
-.PHONY: install lint test demo bench clean
+.PHONY: install install-browser lint test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,11 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+# Headless Chromium for the report's browser test (Debian's package; run as root in CI).
+install-browser:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: lint install-browser
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q tests
 
 demo: install

@@ -1,4 +1,5 @@
-"""CLAP text embeddings for separation prompts (laion-clap HTSAT-base + RoBERTa, 512-d).
+"""CLAP embeddings for separation prompts (laion-clap HTSAT-base + RoBERTa, 512-d): texts through
+the text branch, example clips (query by example) through the audio branch (HTSAT), into one space.
 
 laion-clap loads Hugging Face hub files behind the caller's back: `import laion_clap` builds
 BERT, RoBERTa and BART tokenizers (laion_clap/training/data.py) and `CLAP_Module` loads
@@ -23,6 +24,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ _OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 # Saved by transformers < 4.31 as a buffer, no longer one: laion-clap's own loader drops it too.
 _STALE_KEYS = ("text_branch.embeddings.position_ids",)
 _PROBE_TEXTS = ("a dog barking", "speech and background music")
+CLAP_SAMPLE_RATE = 48000  # HTSAT's input rate
+CLAP_MAX_SAMPLES = 480000  # 10 s: what the non-fusion model takes in one piece
 
 
 class PromptEncoderUnavailable(RuntimeError):
@@ -89,6 +93,32 @@ class PromptEncoder:
         if not torch.isfinite(out).all():
             raise PromptEncoderUnavailable(f"{self.name} produced non-finite embeddings")
         return out
+
+    def encode_audio(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> torch.Tensor:
+        """Mono example clips (float32 [n] each, at `sample_rate`) -> float32 [len(waveforms), 512]
+        on the CPU, rows L2-normalised, through CLAP's audio branch.
+
+        Clips are resampled to 48 kHz. The non-fusion model takes 10 s at a time and laion-clap
+        would crop a longer clip at random, so a longer clip is cut into 10 s pieces (the last
+        one repeat-padded by laion-clap, as a short clip is) and their embeddings are averaged,
+        weighted by length: the same clip always gives the same vector."""
+        from codecsep_core.dac_codec import resample
+
+        out = []
+        for i, wave in enumerate(waveforms):
+            wave = np.asarray(wave, dtype=np.float32)
+            if wave.ndim != 1 or wave.size == 0 or not np.isfinite(wave).all():
+                raise ValueError(f"example clip {i}: expected a non-empty finite mono waveform, got shape {wave.shape}")
+            wave = resample(wave[None], sample_rate, CLAP_SAMPLE_RATE)[0]
+            pieces = [wave[j:j + CLAP_MAX_SAMPLES] for j in range(0, len(wave), CLAP_MAX_SAMPLES)]
+            with torch.inference_mode():
+                emb = torch.as_tensor(self._clap.get_audio_embedding_from_data(pieces, use_tensor=False)).float()
+            weights = torch.tensor([len(p) for p in pieces], dtype=torch.float32)[:, None]
+            out.append(torch.nn.functional.normalize((emb * weights).sum(0), dim=0))
+        result = torch.stack(out) if out else torch.empty(0, EMBED_DIM)
+        if not torch.isfinite(result).all():
+            raise PromptEncoderUnavailable(f"{self.name} produced non-finite audio embeddings")
+        return result
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         with torch.inference_mode():

@@ -38,28 +38,79 @@ class SeparatorConfig:
 
 @dataclass
 class ClipResult:
-    """Separated codes [P, n_codebooks, T] and per-prompt curation scores, each [P]."""
+    """One clip's separation, P prompts: codes [P, n_codebooks, T] and curation scores (each [P]);
+    per frame, the latent energy |Z|^2 [T] and the energy the mask keeps |M * Z|^2 [P, T] (where
+    the source sounds: `codecsep_core.activity`); with `residual=True`, the residual stem
+    `(1 - M) * Z` re-quantized, [P, n_codebooks, T], and its own scores; with `latents=True`,
+    the masked latent `M * Z` [P, D, T] before re-quantization (what evaluation compares)."""
 
     codes: torch.Tensor
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    frame_energy: torch.Tensor | None = None
+    frame_kept: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
+    residual_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    latent: torch.Tensor | None = None
+
+
+def exclude_masks(target: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """Negative prompts by mask composition: M_t * prod_x clip(1 - M_x, 0, 1).
+
+    target [P, D, L], excluded [X, D, L] -> [P, D, L]. Chosen over embedding arithmetic
+    (normalise(e_t - a * e_x)) by measurement on held-out synthetic mixtures (README,
+    "Negative prompts"): the masker was never trained on such vectors, so arithmetic moves
+    the mask unpredictably, while composition removes exactly what the excluded prompt's
+    own mask claims, at each latent value."""
+    keep = (1 - excluded).clamp(0, 1).prod(dim=0, keepdim=True)
+    return target * keep
+
+
+class _Totals:
+    """fp32 sums of one window (pairwise summation), accumulated across windows in fp64."""
+
+    def __init__(self, n_prompts: int):
+        self.energy = torch.zeros(n_prompts, dtype=torch.float64)
+        self.mask_sum = torch.zeros(n_prompts, dtype=torch.float64)
+
+    def add(self, z_hat: torch.Tensor, m: torch.Tensor) -> None:
+        self.energy += torch.linalg.vector_norm(z_hat, dim=(1, 2)).double().cpu() ** 2
+        self.mask_sum += m.sum((1, 2)).double().cpu()
+
+    def scores(self, energy_in: torch.Tensor, n_values: int) -> dict[str, torch.Tensor]:
+        return {"energy_kept": (self.energy / energy_in.clamp_min(1e-12)).float(),
+                "mask_mean": (self.mask_sum / n_values).float()}
 
 
 class _ClipStream:
-    """Accumulates one clip's windows in order and emits finalised frames."""
+    """Accumulates one clip's windows in order and emits finalised frames.
 
-    def __init__(self, codes: torch.Tensor, n_prompts: int, overlap: int, latent_dim: int):
+    Masks arrive for the P target prompts followed by `n_exclude` excluded ones; the
+    excluded masks are composed into the targets' (`exclude_masks`) per window, before the
+    cross-fade. With `quantize` (the codec's re-quantization), the residual `(1 - M) * Z`
+    of each finalised span is re-quantized here too: one masker pass serves both stems."""
+
+    def __init__(self, codes: torch.Tensor, n_prompts: int, overlap: int, latent_dim: int,
+                 quantize=None, n_exclude: int = 0, keep_latent: bool = False):
         self.codes = codes
         self.overlap = overlap
         self.latent_dim = latent_dim
+        self.n_prompts, self.n_exclude = n_prompts, n_exclude
+        self.quantize = quantize
         n_q, t = codes.shape
         self.out = torch.empty(n_prompts, n_q, t, dtype=torch.int32)
+        self.residual = torch.empty(n_prompts, n_q, t, dtype=torch.int32) if quantize is not None else None
+        self.latent = torch.empty(n_prompts, latent_dim, t) if keep_latent else None
+        self.frame_energy = torch.empty(t, dtype=torch.float32)  # per frame |Z|^2
+        self.frame_kept = torch.empty(n_prompts, t, dtype=torch.float32)  # per frame |M Z|^2
         self.carry: torch.Tensor | None = None  # weighted mask of the pending overlap
-        self.energy_kept = torch.zeros(n_prompts, dtype=torch.float64)
         self.energy_in = torch.zeros((), dtype=torch.float64)
-        self.mask_sum = torch.zeros(n_prompts, dtype=torch.float64)
+        self.target = _Totals(n_prompts)
+        self.rest = _Totals(n_prompts)
 
     def add(self, w: Window, z: torch.Tensor, mask: torch.Tensor):
-        """z [D, L], mask [P, D, L] for window w -> (start, Z_hat [P, D, n]) of final frames."""
+        """z [D, L], mask [P + n_exclude, D, L] for window w -> (start, Z_hat [P, D, n]) of final frames."""
+        if self.n_exclude:
+            mask = exclude_masks(mask[: self.n_prompts], mask[self.n_prompts :])
         o = self.overlap
         if o:  # cross-fade in place: only the overlaps carry weights other than 1
             if w.index > 0:
@@ -72,20 +123,28 @@ class _ClipStream:
         self.carry = None if w.last else mask[:, :, n_final:].clone()
         m, zf = mask[:, :, :n_final], z[:, :n_final]
         z_hat = m * zf
-        # fp32 sums of one window (pairwise summation), accumulated across windows in fp64.
-        self.energy_in += torch.linalg.vector_norm(zf).double() ** 2
-        self.energy_kept += torch.linalg.vector_norm(z_hat, dim=(1, 2)).double() ** 2
-        self.mask_sum += m.sum((1, 2)).double()
+        if self.latent is not None:
+            self.latent[:, :, w.start : w.start + n_final] = z_hat.cpu()
+        self.frame_energy[w.start : w.start + n_final] = zf.pow(2).sum(0).cpu()
+        self.frame_kept[:, w.start : w.start + n_final] = z_hat.pow(2).sum(1).cpu()
+        self.energy_in += torch.linalg.vector_norm(zf).double().cpu() ** 2
+        self.target.add(z_hat, m)
+        if self.quantize is not None:
+            z_rest = zf - z_hat  # (1 - M) * Z
+            self.rest.add(z_rest, 1 - m)
+            self.residual[:, :, w.start : w.start + n_final] = self.quantize(z_rest).to(torch.int32).cpu()
         return w.start, z_hat
 
     def result(self) -> ClipResult:
         n_values = self.latent_dim * self.codes.shape[1]
         return ClipResult(
             codes=self.out,
-            scores={
-                "energy_kept": (self.energy_kept / self.energy_in.clamp_min(1e-12)).float(),
-                "mask_mean": (self.mask_sum / n_values).float(),
-            },
+            scores=self.target.scores(self.energy_in, n_values),
+            frame_energy=self.frame_energy,
+            frame_kept=self.frame_kept,
+            residual=self.residual,
+            residual_scores=self.rest.scores(self.energy_in, n_values) if self.residual is not None else {},
+            latent=self.latent,
         )
 
 
@@ -104,9 +163,18 @@ class Separator:
         self.dtype = PRECISIONS[self.config.precision]
 
     @torch.inference_mode()
-    def separate(self, codes: list[torch.Tensor], embeddings: torch.Tensor) -> list[ClipResult]:
-        """codes: one integer tensor [n_codebooks, T_i] per clip; embeddings [P, cond_dim]."""
+    def separate(self, codes: list[torch.Tensor], embeddings: torch.Tensor, residual: bool = False,
+                 exclude: torch.Tensor | None = None, latents: bool = False) -> list[ClipResult]:
+        """codes: one integer tensor [n_codebooks, T_i] per clip; embeddings [P, cond_dim].
+
+        residual: also return each prompt's residual stem (same masker pass). exclude [X, cond_dim]:
+        negative prompts, removed from every target (`exclude_masks`). latents: also return the
+        masked latent before re-quantization (memory grows with the clip: for evaluation)."""
         embeddings = self._check_embeddings(embeddings)
+        n_exclude = 0
+        if exclude is not None and len(exclude):
+            exclude = self._check_embeddings(exclude)
+            n_exclude = exclude.shape[0]
         for i, c in enumerate(codes):
             try:
                 self.tables.check_codes(c)
@@ -115,7 +183,11 @@ class Separator:
         cfg = self.config
         n_prompts = embeddings.shape[0]
         d = self.tables.info.latent_dim
-        streams = [_ClipStream(c.to(self.device), n_prompts, cfg.overlap_frames, d) for c in codes]
+        quantize = self.tables.quantize if residual else None
+        streams = [_ClipStream(c.to(self.device), n_prompts, cfg.overlap_frames, d, quantize, n_exclude, latents)
+                   for c in codes]
+        if n_exclude:  # the masker runs on targets and excluded prompts alike; streams compose
+            embeddings = torch.cat([embeddings, exclude])
         windows = (w for i, c in enumerate(codes) for w in plan_windows(c.shape[1], cfg.window_frames, cfg.overlap_frames, i))
         for batch in pack_windows(windows, cfg.window_frames, cfg.batch_windows):
             self._run_batch(batch, streams, embeddings)

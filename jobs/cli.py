@@ -9,6 +9,8 @@ JOBS = {
     "prompts": "texts -> prompt table (CLAP)",
     "separate": "code shards -> separated code shards (the main job)",
     "export": "code shards -> wav/flac/.dac files",
+    "select": "separated shards -> code shards of the rows or active spans a prompt kept",
+    "report": "separated shards -> one self-contained HTML page of scores and spans",
     "prepare-train": "stems + captions -> training shards",
     "train": "train the masker (Ray Train)",
     "evaluate": "separation metrics on a labelled set",

@@ -69,6 +69,27 @@ except TypeError:
 json.dump({"name": enc.name, "str_rejected": str_rejected}, open(out + ".json", "w"))
 """
 
+# Example clips through the audio branch: two kinds of synthetic source at 16 kHz, one of them
+# also at 48 kHz, and a 12 s clip (longer than the 10 s the non-fusion model takes at once).
+ENCODE_AUDIO_SCRIPT = """
+import sys, numpy as np, torch
+from codecsep_core.prompt_encoder import PromptEncoder
+from jobs import synthetic
+rng = np.random.default_rng(0)
+tone, noise = (synthetic.source(k, 2.0, 16000, rng) for k in ("tone", "noise"))
+tone48 = np.interp(np.arange(96000) / 3, np.arange(32000), tone).astype(np.float32)
+long = synthetic.source("clicks", 12.0, 16000, rng)
+enc = PromptEncoder()
+results = {"clips": enc.encode_audio([tone, noise, long], 16000), "again": enc.encode_audio([long, tone], 16000),
+           "tone48": enc.encode_audio([tone48], 48000), "text": enc.encode(["speech"])}
+try:
+    enc.encode_audio([np.zeros((2, 100), np.float32)], 16000)
+    results["stereo_rejected"] = torch.tensor(False)
+except ValueError:
+    results["stereo_rejected"] = torch.tensor(True)
+torch.save(results, sys.argv[1])
+"""
+
 CONSTRUCT_SCRIPT = """
 import sys
 from codecsep_core.prompt_encoder import PromptEncoder, PromptEncoderUnavailable
@@ -268,3 +289,60 @@ def test_tokenizer_that_knows_no_words_is_refused(hf_home, checkpoint, tmp_path)
     proc, _ = run_script(CONSTRUCT_SCRIPT, str(checkpoint), hf_home=home)
     assert proc.returncode == 3, proc.stderr
     assert "tokenizer" in proc.stdout and "vocab.json" in proc.stdout
+
+
+def test_encode_audio_through_the_clap_audio_branch(hf_home, tmp_path):
+    out = tmp_path / "audio.pt"
+    proc, _ = run_script(ENCODE_AUDIO_SCRIPT, str(out), hf_home=hf_home, offline=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    r = torch.load(out, weights_only=True)
+    clips = r["clips"]
+    assert clips.shape == (3, 512) and clips.dtype == torch.float32
+    torch.testing.assert_close(clips.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(r["again"], clips[[2, 0]], atol=1e-5, rtol=0)  # the 12 s clip too: no random crop
+    assert (clips[0] - clips[1]).abs().max() > 1e-4  # different sounds, different vectors
+    assert torch.dot(r["tone48"][0], clips[0]) > 0.99  # the same sound at another rate: nearly the same vector
+    assert r["text"].shape == (1, 512)  # one encoder serves both branches
+    assert bool(r["stereo_rejected"])
+
+
+PROMPTS_JOB_SCRIPT = """
+import sys
+from jobs import prompts
+sys.exit(prompts.main(sys.argv[1:]))
+"""
+
+
+def test_prompts_job_puts_example_clips_in_the_table(hf_home, dac16_checkpoint, tmp_path):
+    """`codecsep prompts --audio NAME=PATH` with a wav file, a .dac file and a code-shard row."""
+    import numpy as np
+    import soundfile as sf
+
+    from codecsep_core.dac_codec import DacCodec
+    from jobs import synthetic
+    from storage import shards
+    from storage.dacfile import DacFile, dac_to_rows, write_dac
+    from storage.prompt_table import read_prompt_table
+    from storage.schema import DAC_CODECS, DAC_SHARD_SCHEMA, table_from_rows
+
+    audio = synthetic.source("tone", 1.0, 16000, np.random.default_rng(0))
+    sf.write(str(tmp_path / "tone.wav"), audio, 16000)
+    codes = DacCodec.load(str(dac16_checkpoint)).encode(audio[None], 16000)
+    dac = DacFile(codes=codes, chunk_length=codes.shape[-1], original_length=len(audio), input_db=-20.0, channels=1,
+                  sample_rate=16000, padding=True)
+    (tmp_path / "tone.dac").write_bytes(write_dac(dac))
+    with shards.ShardWriter(str(tmp_path / "codes"), "w") as w:
+        w.write(table_from_rows(dac_to_rows(dac, "clip", DAC_CODECS["dac_16khz"]), DAC_SHARD_SCHEMA))
+    table = tmp_path / "prompts.parquet"
+    proc, _ = run_script(PROMPTS_JOB_SCRIPT, "--output", str(table), "--prompt", "speech",
+                         "--audio", f"tone={tmp_path / 'tone.wav'}", "--audio", f"tone_dac={tmp_path / 'tone.dac'}",
+                         "--audio", f"tone_codes={tmp_path / 'codes'}#clip", "--codec-weights", str(dac16_checkpoint),
+                         hf_home=hf_home, offline=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    t = read_prompt_table(str(table))
+    assert t.prompts == ("speech", "tone", "tone_dac", "tone_codes")
+    assert t.branches == ("text", "audio", "audio", "audio")
+    assert t.encoder == f"laion-clap:HTSAT-base+roberta:{DEFAULT_CHECKPOINT}"
+    np.testing.assert_allclose(np.linalg.norm(t.embeddings, axis=1), 1.0, atol=1e-5)
+    dac_vec, codes_vec = t.vectors(["tone_dac", "tone_codes"])
+    assert float(dac_vec @ codes_vec) > 0.999  # the same codes, decoded the same way

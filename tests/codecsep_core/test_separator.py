@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from codecsep_core import Masker, MaskerConfig, Separator, SeparatorConfig
+from codecsep_core.separator import exclude_masks
 from codecsep_core.windows import crossfade_weights, pack_windows, plan_windows
 
 
@@ -39,6 +40,62 @@ def test_single_window_equals_lookup_mask_requantize(tables, tiny_masker, prompt
     energy = ((mask * z) ** 2).sum((1, 2)) / (z[0] ** 2).sum()
     torch.testing.assert_close(result.scores["energy_kept"], energy, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(result.scores["mask_mean"], mask.mean((1, 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_residual_and_frame_energies_come_from_the_same_pass(tables, tiny_masker, prompts):
+    codes = rand_codes(120, 0)
+    result = Separator(tables, tiny_masker).separate([codes], prompts, residual=True)[0]
+    with torch.no_grad():
+        z = tables.lookup(codes[None]).expand(3, -1, -1)
+        mask = tiny_masker(z, prompts)
+        expected = tables.quantize((1 - mask) * z)
+    assert torch.equal(result.residual.long(), expected)
+    energy_in = (z[0] ** 2).sum()
+    torch.testing.assert_close(result.residual_scores["energy_kept"], ((1 - mask) * z).pow(2).sum((1, 2)) / energy_in,
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(result.residual_scores["mask_mean"], (1 - mask).mean((1, 2)), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(result.frame_energy, z[0].pow(2).sum(0), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(result.frame_kept, (mask * z).pow(2).sum(1), rtol=1e-4, atol=1e-8)
+    # the clip score is the frames' kept energy over theirs
+    torch.testing.assert_close(result.scores["energy_kept"], result.frame_kept.sum(1) / result.frame_energy.sum(),
+                               rtol=1e-4, atol=1e-6)
+    assert Separator(tables, tiny_masker).separate([codes], prompts)[0].residual is None
+
+
+def test_windowed_residual_equals_whole_clip_residual(tables, prompts):
+    """Across windows the residual is (1 - M) Z with the same cross-faded M as the target: with
+    a mask that ignores context, windowing is invisible in both stems."""
+    torch.manual_seed(0)
+    masker = Masker(MaskerConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        masker.out_conv.weight.zero_()
+        masker.out_conv.bias.fill_(0.4)
+    clip = rand_codes(300, 4)
+    windowed = Separator(tables, masker, SeparatorConfig(window_frames=64, overlap_frames=16, batch_windows=3))
+    whole = Separator(tables, masker, SeparatorConfig(window_frames=1000, overlap_frames=16))
+    a, b = (s.separate([clip], prompts, residual=True)[0] for s in (windowed, whole))
+    assert a.residual.shape == (3, 12, 300)
+    assert (a.residual == b.residual).float().mean() >= 0.999
+    torch.testing.assert_close(a.residual_scores["energy_kept"], b.residual_scores["energy_kept"])
+    torch.testing.assert_close(a.scores["mask_mean"] + a.residual_scores["mask_mean"], torch.ones(3))
+
+
+def test_exclude_composes_masks(tables, tiny_masker, prompts):
+    codes = rand_codes(90, 2)
+    target, excluded = prompts[:2], prompts[2:]
+    result = Separator(tables, tiny_masker).separate([codes], target, residual=True, exclude=excluded)[0]
+    with torch.no_grad():
+        z = tables.lookup(codes[None]).expand(3, -1, -1)
+        masks = tiny_masker(z, prompts)
+    m = exclude_masks(masks[:2], masks[2:])
+    assert torch.equal(result.codes.long(), tables.quantize(m * z[:2]))
+    assert torch.equal(result.residual.long(), tables.quantize((1 - m) * z[:2]))
+    assert result.codes.shape == (2, 12, 90)
+    excluded_masks = torch.tensor([[[0.5], [1.5]], [[-0.2], [0.0]]])  # [X=2, D=2, L=1]; 1 - M clipped to [0, 1]
+    composed = exclude_masks(torch.full((1, 2, 1), 0.8), excluded_masks)
+    torch.testing.assert_close(composed, torch.tensor([[[0.4], [0.0]]]))
+    with pytest.raises(ValueError, match="embeddings"):
+        Separator(tables, tiny_masker).separate([codes], target, exclude=torch.zeros(1, 3))
 
 
 def test_a_clip_does_not_depend_on_its_batch_mates(tables, tiny_masker, prompts):
@@ -106,9 +163,10 @@ PEAK_RSS_SCRIPT = textwrap.dedent(
     masker.register_forward_hook(lambda m, args, out: longest.append(args[0].shape[-1]))
     sep = Separator(tables, masker)
     prompts = torch.randn(2, 512)
-    sep.separate([torch.randint(0, 1024, (12, 10))], prompts)  # warm-up: allocator, kernels
+    residual = sys.argv[3] == "residual"
+    sep.separate([torch.randint(0, 1024, (12, 10))], prompts, residual=residual)  # warm-up: allocator, kernels
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    res = sep.separate([torch.randint(0, 1024, (12, n_frames), dtype=torch.int16)], prompts)[0]
+    res = sep.separate([torch.randint(0, 1024, (12, n_frames), dtype=torch.int16)], prompts, residual=residual)[0]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"grow_mb": (peak - base) / 1024, "longest": max(longest),
                       "shape": list(res.codes.shape)}))
@@ -116,12 +174,13 @@ PEAK_RSS_SCRIPT = textwrap.dedent(
 )
 
 
-def test_clips_from_one_frame_to_30_minutes_with_bounded_memory(tables, tmp_path):
+@pytest.mark.parametrize("stems", ["target", "residual"])
+def test_clips_from_one_frame_to_30_minutes_with_bounded_memory(tables, tmp_path, stems):
     path = tmp_path / "tables.safetensors"
     tables.save(path)
 
     def run(n_frames):
-        out = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(path), str(n_frames)],
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(path), str(n_frames), stems],
                              capture_output=True, text=True, check=True, timeout=600)
         return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -51,3 +51,33 @@ def test_not_a_prompt_table(tmp_path):
     pq.write_table(pa.table({"x": [1]}), tmp_path / "x.parquet")
     with pytest.raises(ValueError, match="not a prompt table"):
         read_prompt_table(str(tmp_path / "x.parquet"))
+
+
+def test_each_vector_records_its_encoder_and_branch(tmp_path):
+    path = str(tmp_path / "p.parquet")
+    t = table()
+    mixed = PromptTable(t.prompts, t.embeddings, t.encoder, ("text", "audio", "text"))
+    write_prompt_table(path, mixed)
+    back = read_prompt_table(path)
+    assert back.branches == ("text", "audio", "text") and back.encoder == t.encoder
+    rows = pq.read_table(path).to_pylist()
+    assert [(r["encoder"], r["branch"]) for r in rows] == [(t.encoder, b) for b in mixed.branches]
+
+
+def test_tables_without_provenance_columns_read_as_text(tmp_path):
+    path = tmp_path / "old.parquet"
+    write_prompt_table(str(path), table())
+    pq.write_table(pq.read_table(path).drop_columns(["encoder", "branch"]), path)
+    back = read_prompt_table(str(path))
+    assert back.branches == ("text",) * 3 and back.encoder == table().encoder
+
+
+def test_vectors_of_two_encoders_are_refused(tmp_path):
+    path = tmp_path / "p.parquet"
+    write_prompt_table(str(path), table())
+    arrow = pq.read_table(path)
+    pq.write_table(arrow.set_column(2, "encoder", pa.array(["a", "b", "a"])), path)
+    with pytest.raises(ValueError, match="several encoders"):
+        read_prompt_table(str(path))
+    with pytest.raises(ValueError, match="branches"):
+        PromptTable(("a",), np.zeros((1, 4), np.float32), branches=("video",))
