@@ -8,6 +8,8 @@ are computed on the separated codes. Per row, in code space (no codec nets):
 - latent SNR of the separated codes' latent against Z_target, and of the two baselines:
   the identity (Z_mix itself; the difference is the SNR improvement) and the same masker
   conditioned on the set's other prompts ("wrong prompt");
+- the same two SNRs for the masked latent M * Z before re-quantization ("masked"): what
+  the masker itself achieves, apart from what the codec's quantizer then loses;
 - code agreement: per codebook, the share of frames where the separated codes equal the
   target's.
 
@@ -44,6 +46,8 @@ COLUMNS = [  # (key, header, format)
     ("latent_snr_identity", "identity mask dB", "{:.2f}"),
     ("latent_snri", "SNRi dB", "{:.2f}"),
     ("latent_snr_wrong_prompt", "wrong prompt dB", "{:.2f}"),
+    ("masked_latent_snr", "masked latent SNR dB", "{:.2f}"),
+    ("masked_latent_snr_wrong_prompt", "masked wrong prompt dB", "{:.2f}"),
     ("code_agreement", "code agreement", "{:.3f}"),
     ("code_agreement_mix", "mix code agreement", "{:.3f}"),
     ("sisdr", "SI-SDR dB", "{:.2f}"),
@@ -83,11 +87,14 @@ def row_metrics(row: dict, ctx: dict) -> dict:
     mix = torch.from_numpy(codes_to_numpy(row["mix_codes"]).astype(np.int64))
     tgt = torch.from_numpy(codes_to_numpy(row["target_codes"]).astype(np.int64))
     order = [row["prompt"]] + [p for p in ctx["set_prompts"] if p != row["prompt"]]
-    separated = ctx["separator"].separate([mix], torch.from_numpy(np.stack([vectors[p] for p in order])))[0].codes.long()
-    z_hat, z_t = tables.lookup(separated), tables.lookup(tgt)
-    snrs = latent_snr(z_hat, z_t[None].expand_as(z_hat)).tolist()
-    out = {"latent_snr": snrs[0], "latent_snr_identity": float(latent_snr(tables.lookup(mix)[None], z_t[None])[0]),
-           "latent_snr_wrong_prompt": float(np.mean(snrs[1:])) if len(snrs) > 1 else float("nan")}
+    result = ctx["separator"].separate([mix], torch.from_numpy(np.stack([vectors[p] for p in order])), latents=True)[0]
+    separated = result.codes.long()
+    z_t = tables.lookup(tgt)
+    out = {"latent_snr_identity": float(latent_snr(tables.lookup(mix)[None], z_t[None])[0])}
+    for prefix, z_hat in (("", tables.lookup(separated)), ("masked_", result.latent)):
+        snrs = latent_snr(z_hat, z_t[None].expand_as(z_hat)).tolist()
+        out[prefix + "latent_snr"] = snrs[0]
+        out[prefix + "latent_snr_wrong_prompt"] = float(np.mean(snrs[1:])) if len(snrs) > 1 else float("nan")
     out["latent_snri"] = out["latent_snr"] - out["latent_snr_identity"]
     sep = separated[0]
     per_codebook = (sep == tgt).float().mean(1)
