@@ -29,8 +29,7 @@ class PromptsConfig:
     prompts_file: str | None = None  # one prompt per line, added to `prompts`
     audio: list[str] = field(default_factory=list)  # NAME=PATH example clips (query by example)
     clap_checkpoint: str | None = None  # null: the default AudioSep checkpoint, downloaded by laion-clap
-    codec: str = "dac_16khz"  # decodes .dac / code-shard examples when codec_weights is null
-    codec_weights: str | None = None  # DAC checkpoint URI, for .dac / code-shard examples
+    codec_weights: str | None = None  # DAC checkpoint URI for .dac / code-shard examples; null: official, for their codec
     device: str = "cpu"
 
 
@@ -62,7 +61,7 @@ def code_rows(path: str) -> list[dict]:
     """The channel rows of a `.dac` file or of one code-shard row (`URI#ID`)."""
     from storage import shards
     from storage.dacfile import dac_source_id, dac_to_rows, read_dac
-    from storage.schema import DAC_CODECS
+    from codecsep_core import DAC_CODECS
 
     if path.endswith(".dac"):
         dac = read_dac(sfs.read_bytes(path), path)
@@ -87,13 +86,13 @@ def read_example(path: str, cfg: PromptsConfig, codec_cache: dict) -> tuple[np.n
         audio, rate = sf.read(io.BytesIO(sfs.read_bytes(path)), dtype="float32", always_2d=True)
         return audio.mean(axis=1), rate
     from codecsep_core.dac_codec import DacCodec
-    from jobs.export import decode_rows, with_dac_defaults
-    from jobs.inputs import read_codec_weights
+    from jobs import resolve
+    from jobs.decode import decode_rows, with_dac_defaults
     from storage.schema import codes_to_numpy
 
     rows = [with_dac_defaults({**r, "codes": codes_to_numpy(r["codes"])}, len(r["codes"][0])) for r in code_rows(path)]
     if "codec" not in codec_cache:
-        weights = read_codec_weights(cfg.codec_weights, cfg.codec.split("_", 1)[1], sfs.S3Options().with_env_defaults())
+        weights, _ = resolve.codec_weights(cfg.codec_weights, None if cfg.codec_weights else rows[0]["codec"])
         codec_cache["codec"] = DacCodec.load(weights)
     codec = codec_cache["codec"]
     if rows[0]["codec"] != codec.info.name:

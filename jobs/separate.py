@@ -2,8 +2,12 @@
 
 The stage loads the masker and codec tables once per actor, never the codec's encoder or
 decoder nor CLAP: prompt vectors are resolved once on the driver and shipped. One output
-row per (clip, prompt): the input row's columns with new `codes`, plus `prompt` and the
-curation scores. The runner (jobs.runner) reads the shards, resumes, writes and reports.
+row per (clip, prompt, stem): the input row's columns with new `codes` (none with
+`emit=scores`), plus `prompt`, `stem` ("target"; "residual" too with `--residual`: one
+masker pass serves both), the curation scores, and where the prompt's source sounds
+(`active_fraction`, `active_spans`, from the same pass). `--exclude TEXT` removes what it
+names from every target (mask composition, `codecsep_core.separator.exclude_masks`). The
+runner (jobs.runner) reads the shards, resumes, writes and reports.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from codecsep_core import SeparatorConfig
+from codecsep_core.activity import ActivityConfig
 from jobs import config as job_config
 from jobs import resolve
 from jobs.runner import Shards, run_stage
@@ -25,6 +30,8 @@ from jobs.sources import SOURCE
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.separate")
+
+EMITS = ("codes", "scores")
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,11 @@ class SeparateConfig:
     codec_weights: str | None = None  # a DAC checkpoint; null with no codec_tables: DAC's official 16 kHz download
     prompt_table: str | None = None  # prompt vectors; prompts missing from it are embedded with CLAP
     clap_checkpoint: str | None = None  # CLAP checkpoint for prompts not in the table (null: laion-clap's)
+    exclude: list[str] = field(default_factory=list)  # negative prompts: removed from every target
+    residual: bool = False  # also write each prompt's residual stem: everything but what it names
+    emit: str = "codes"  # codes | scores (scores and activity only, no codes: a curation pass)
     separator: SeparatorConfig = field(default_factory=SeparatorConfig)
+    activity: ActivityConfig = field(default_factory=ActivityConfig)
     ray: RayOptions = field(default_factory=RayOptions)
     run: RunOptions = field(default_factory=RunOptions)
 
@@ -49,6 +60,10 @@ class SeparateConfig:
             raise ValueError("no prompts: pass --prompt TEXT (repeatable)")
         if len(set(self.prompts)) != len(self.prompts):
             raise ValueError(f"duplicate prompts: {self.prompts}")
+        if set(self.exclude) & set(self.prompts):
+            raise ValueError(f"prompts both wanted and excluded: {sorted(set(self.exclude) & set(self.prompts))}")
+        if self.emit not in EMITS:
+            raise ValueError(f"emit must be one of {EMITS}, got {self.emit!r}")
 
 
 class SeparateStage(Stage):
@@ -57,9 +72,12 @@ class SeparateStage(Stage):
     name = "separate"
     key = "id"
 
-    def __init__(self, masker: bytes, tables: bytes, prompts: list[str], vectors: np.ndarray, config: SeparatorConfig):
+    def __init__(self, masker: bytes, tables: bytes, vectors: np.ndarray, exclude: np.ndarray, cfg: SeparateConfig):
         self.masker_bytes, self.tables_bytes = masker, tables
-        self.prompts, self.vectors, self.config = list(prompts), vectors, config
+        self.vectors, self.exclude_vectors = vectors, exclude
+        self.prompts, self.config, self.activity = list(cfg.prompts), cfg.separator, cfg.activity
+        self.stems = ("target", "residual") if cfg.residual else ("target",)
+        self.with_codes = cfg.emit == "codes"
 
     def setup(self, device: str) -> None:
         import torch
@@ -69,6 +87,7 @@ class SeparateStage(Stage):
         self.separator = Separator(CodecTables.load(self.tables_bytes), load_masker(self.masker_bytes).to(device), self.config)
         self.codec = self.separator.tables.info
         self.embeddings = torch.from_numpy(self.vectors)
+        self.exclude = torch.from_numpy(self.exclude_vectors) if len(self.exclude_vectors) else None
         del self.masker_bytes, self.tables_bytes
 
     def process(self, batch: pa.Table) -> StageOutput:
@@ -88,23 +107,38 @@ class SeparateStage(Stage):
         meta = rows.drop_columns(["codes"]).to_pylist()
         spans = [separable_segments(row, c.shape[1]) for row, c in zip(meta, codes)]
         t0 = time.perf_counter()
-        results = separate_chunked(self.separator, [torch.from_numpy(c.astype(np.int64)) for c in codes], spans, self.embeddings)
+        results = separate_chunked(self.separator, [torch.from_numpy(c.astype(np.int64)) for c in codes], spans,
+                                   self.embeddings, residual="residual" in self.stems, exclude=self.exclude)
         tally = {"separate_s": time.perf_counter() - t0,
                  "audio_s": float(np.sum(rows["n_samples"].to_numpy() / rows["sample_rate"].to_numpy()))}
         return StageOutput(rows=self._output_rows(rows, results), errors=errors, tally=tally)
 
     def _output_rows(self, rows: pa.Table, results) -> pa.Table:
-        """One row per (clip, prompt), prompt-major: input columns with new codes + scores."""
+        """One row per (clip, prompt, stem), prompt-major: input columns with new codes (or
+        none), the scores of the stem, and where the prompt's source sounds."""
+        from codecsep_core.activity import clip_activity
         from storage.schema import SCORE_COLUMNS, codes_to_arrow
 
         n, tables = rows.num_rows, []
-        codes_index = rows.schema.get_field_index("codes")
+        activity = [clip_activity(r.frame_kept, r.frame_energy, self.codec.frame_rate, self.activity) for r in results]
+        base = rows if self.with_codes else rows.drop_columns(["codes"])
         for p, prompt in enumerate(self.prompts):
-            t = rows.set_column(codes_index, "codes", codes_to_arrow([r.codes[p].numpy().astype(np.uint16) for r in results]))
-            t = t.append_column(SCORE_COLUMNS.field("prompt"), pa.array([prompt] * n, pa.string()))
-            for name in ("energy_kept", "mask_mean"):
-                t = t.append_column(SCORE_COLUMNS.field(name), pa.array([float(r.scores[name][p]) for r in results], pa.float32()))
-            tables.append(t)
+            for stem in self.stems:
+                target = stem == "target"
+                t = base
+                if self.with_codes:
+                    codes = [(r.codes if target else r.residual)[p].numpy().astype(np.uint16) for r in results]
+                    t = t.set_column(t.schema.get_field_index("codes"), "codes", codes_to_arrow(codes))
+                scores = [r.scores if target else r.residual_scores for r in results]
+                values = {
+                    "prompt": [prompt] * n, "stem": [stem] * n,
+                    "energy_kept": [float(sc["energy_kept"][p]) for sc in scores],
+                    "mask_mean": [float(sc["mask_mean"][p]) for sc in scores],
+                    "active_fraction": [a[p].fraction for a in activity], "active_spans": [a[p].spans for a in activity],
+                }
+                for name, column in values.items():
+                    t = t.append_column(SCORE_COLUMNS.field(name), pa.array(column, SCORE_COLUMNS.field(name).type))
+                tables.append(t)
         return pa.concat_tables(tables)
 
 
@@ -116,12 +150,14 @@ def run(cfg: SeparateConfig) -> JobReport:
     with report.stage("prompt_embeddings"):
         masker = sfs.read_bytes(cfg.masker)
         vectors, encoder = resolve.prompt_vectors(
-            cfg.prompts, cfg.prompt_table, cfg.clap_checkpoint, masker_config(masker).cond_dim, masker_prompt_encoder(masker)
+            cfg.prompts + cfg.exclude, cfg.prompt_table, cfg.clap_checkpoint, masker_config(masker).cond_dim,
+            masker_prompt_encoder(masker),
         )
     with report.stage("load_models"):
         tables = resolve.codec_tables(cfg.codec_tables, cfg.codec_weights)
-    report.extra.update(prompts=list(cfg.prompts), prompt_encoder=encoder)
-    stage = SeparateStage(masker, tables, cfg.prompts, vectors, cfg.separator)
+    report.extra.update(prompts=list(cfg.prompts), exclude=list(cfg.exclude), prompt_encoder=encoder)
+    n = len(cfg.prompts)
+    stage = SeparateStage(masker, tables, vectors[:n], vectors[n:], cfg)
     return run_stage(stage, Shards(cfg.input), cfg.output, cfg.ray, cfg.run, report)
 
 
@@ -130,6 +166,9 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
     p.add_argument("--input", help="URI of the code shards")
     p.add_argument("--output", help="URI of the separated shards")
     p.add_argument("--prompt", dest="prompts", action="append", default=[], help="repeatable")
+    p.add_argument("--exclude", action="append", default=[], help="negative prompt, removed from every target (repeatable)")
+    p.add_argument("--residual", action="store_true", default=None, help="also write each prompt's residual stem")
+    p.add_argument("--emit", choices=EMITS, help="codes (default) or scores: scores and activity only, no codes")
     p.add_argument("--masker", help="masker checkpoint URI (.safetensors)")
     p.add_argument("--codec-tables", help="codec tables URI (.safetensors)")
     p.add_argument("--codec-weights", help="DAC checkpoint URI; tables exported on the fly")
@@ -140,7 +179,8 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
     setup_logging(a.verbose)
     return job_config.load_config(
         SeparateConfig, a.config, a.overrides,
-        input=a.input, output=a.output, prompts=a.prompts, masker=a.masker, codec_tables=a.codec_tables,
+        input=a.input, output=a.output, prompts=a.prompts, exclude=a.exclude, residual=a.residual, emit=a.emit,
+        masker=a.masker, codec_tables=a.codec_tables,
         codec_weights=a.codec_weights, prompt_table=a.prompt_table, **ray_values(a),
     )
 

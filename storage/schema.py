@@ -64,8 +64,11 @@ DAC_SHARD_SCHEMA = pa.schema(list(CODE_SHARD_SCHEMA) + list(DAC_COLUMNS))
 SCORE_COLUMNS = pa.schema(
     [
         pa.field("prompt", pa.string()),
-        pa.field("energy_kept", pa.float32()),  # fraction of latent energy the mask kept
+        pa.field("stem", pa.string()),  # "target" (what the prompt names) or "residual" (everything else)
+        pa.field("energy_kept", pa.float32()),  # fraction of latent energy the stem's mask kept
         pa.field("mask_mean", pa.float32()),  # mean mask value over the clip
+        pa.field("active_fraction", pa.float32()),  # share of the clip where the prompt's source sounds
+        pa.field("active_spans", pa.list_(pa.list_(pa.float64()))),  # [[start_s, end_s], ...] of it
     ]
 )
 SEPARATED_SHARD_SCHEMA = pa.schema(list(CODE_SHARD_SCHEMA) + list(SCORE_COLUMNS))

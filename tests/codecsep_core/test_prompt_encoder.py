@@ -323,7 +323,8 @@ def test_prompts_job_puts_example_clips_in_the_table(hf_home, dac16_checkpoint, 
     from storage import shards
     from storage.dacfile import DacFile, dac_to_rows, write_dac
     from storage.prompt_table import read_prompt_table
-    from storage.schema import DAC_CODECS, DAC_SHARD_SCHEMA, table_from_rows
+    from codecsep_core import DAC_CODECS
+    from storage.schema import DAC_SHARD_SCHEMA, table_from_rows
 
     audio = synthetic.source("tone", 1.0, 16000, np.random.default_rng(0))
     sf.write(str(tmp_path / "tone.wav"), audio, 16000)
@@ -346,3 +347,17 @@ def test_prompts_job_puts_example_clips_in_the_table(hf_home, dac16_checkpoint, 
     np.testing.assert_allclose(np.linalg.norm(t.embeddings, axis=1), 1.0, atol=1e-5)
     dac_vec, codes_vec = t.vectors(["tone_dac", "tone_codes"])
     assert float(dac_vec @ codes_vec) > 0.999  # the same codes, decoded the same way
+
+    # The example runs through `separate` like a text prompt, end to end.
+    from codecsep_core import Masker, MaskerConfig, save_masker
+
+    save_masker(Masker(MaskerConfig.preset("tiny")), tmp_path / "masker.safetensors")
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.separate", "--input", str(tmp_path / "codes"), "--output", str(tmp_path / "out"),
+         "--masker", str(tmp_path / "masker.safetensors"), "--codec-weights", str(dac16_checkpoint),
+         "--prompt-table", str(table), "--prompt", "tone", "--prompt", "speech"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, RAY_AUTH_MODE="disabled"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = shards.read_table(str(tmp_path / "out"), columns=["id", "prompt", "stem"]).to_pylist()
+    assert sorted((r["id"], r["prompt"], r["stem"]) for r in out) == [("clip", "speech", "target"), ("clip", "tone", "target")]

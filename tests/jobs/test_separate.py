@@ -68,18 +68,18 @@ def setup_job(root, tables, masker, embeddings, shards, **overrides):
     write_prompt_table(sfs.join(root, "prompts.parquet"), PromptTable(tuple(PROMPTS), embeddings.numpy(), "test"))
     for name, table in shards.items():
         put_table(sfs.join(root, "in", name), table)
-    return SeparateConfig(
-        input=sfs.join(root, "in"), output=sfs.join(root, "out"), prompts=list(PROMPTS),
-        masker=sfs.join(root, "models/masker.safetensors"), codec_tables=sfs.join(root, "models/tables.safetensors"),
-        prompt_table=sfs.join(root, "prompts.parquet"), **overrides,
-    )
+    return SeparateConfig(**{
+        "input": sfs.join(root, "in"), "output": sfs.join(root, "out"), "prompts": list(PROMPTS),
+        "masker": sfs.join(root, "models/masker.safetensors"), "codec_tables": sfs.join(root, "models/tables.safetensors"),
+        "prompt_table": sfs.join(root, "prompts.parquet"), **overrides,
+    })
 
 
-def assert_exactly_once(output, expected_ids):
-    out = read_table(output, columns=["id", "prompt"])
-    pairs = list(zip(out["id"].to_pylist(), out["prompt"].to_pylist()))
-    assert len(pairs) == len(set(pairs)), "duplicate (id, prompt) rows"
-    assert set(pairs) == {(i, p) for i in expected_ids for p in PROMPTS}
+def assert_exactly_once(output, expected_ids, prompts=PROMPTS, stems=("target",)):
+    out = read_table(output, columns=["id", "prompt", "stem"])
+    keys = list(zip(out["id"].to_pylist(), out["prompt"].to_pylist(), out["stem"].to_pylist()))
+    assert len(keys) == len(set(keys)), "duplicate (id, prompt, stem) rows"
+    assert set(keys) == {(i, p, s) for i in expected_ids for p in prompts for s in stems}
 
 
 def test_end_to_end_on_s3_matches_the_in_process_separator(ray_session, s3_bucket, tables, models, embeddings):
@@ -190,7 +190,7 @@ def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_sessi
     cfg = setup_job(str(tmp_path), tables, models["paper"], embeddings, shards)
     cmd = [sys.executable, "-m", "jobs.separate", "--input", cfg.input, "--output", cfg.output,
            "--masker", cfg.masker, "--codec-tables", cfg.codec_tables, "--prompt-table", cfg.prompt_table,
-           "--batch-size", "2", "run.min_rows_per_file=1"] + [a for p in PROMPTS for a in ("--prompt", p)]
+           "--batch-size", "2", "--residual", "run.min_rows_per_file=1"] + [a for p in PROMPTS for a in ("--prompt", p)]
     proc = subprocess.Popen(cmd, env=lost_machine.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out_dir = tmp_path / "out"
     deadline = time.time() + 240
@@ -199,12 +199,12 @@ def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_sessi
         time.sleep(0.2)
     lost_machine.kill(proc)
     written = read_table(cfg.output, columns=["id"]).num_rows if list(out_dir.glob("*.parquet")) else 0
-    assert 0 < written < len(ids) * len(PROMPTS), "the kill must land mid-job"
+    assert 0 < written < len(ids) * len(PROMPTS) * 2, "the kill must land mid-job"
 
     done = subprocess.run(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600)
 
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert_exactly_once(cfg.output, ids)
+    assert_exactly_once(cfg.output, ids, stems=("target", "residual"))
     summary = [line for line in done.stdout.splitlines() if line.startswith("separate:")][0]
     assert "0 errors" in summary
 
@@ -220,3 +220,58 @@ def test_the_job_leaves_ray_datas_global_context_as_it_found_it(ray_session, tmp
     run(cfg)
     assert (ctx.checkpoint_config, ctx.use_datasource_v2) == before
     assert ray_session.data.from_items([{"x": 1}]).take_all() == [{"x": 1}]  # no id column needed
+
+
+def test_residual_stems_scores_and_spans_come_from_one_pass(ray_session, tmp_path, tables, models, embeddings):
+    """--residual: per (clip, prompt) the target and the residual stem, each equal to the
+    in-process separator's, with its own scores; where the prompt's source sounds on both."""
+    codes = {f"r{i}": rand_codes(n, 40 + i) for i, n in enumerate([60, 700, 130])}
+    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p.parquet": shard(list(codes), list(codes.values()))},
+                    residual=True)
+    report = run(cfg)
+    assert report.rows_out == 3 * len(PROMPTS) * 2
+    assert_exactly_once(cfg.output, list(codes), stems=("target", "residual"))
+    out = read_table(cfg.output).to_pylist()
+    sep = Separator(tables, models["tiny"])
+    for clip_id, c in codes.items():
+        expected = sep.separate([torch.from_numpy(c.astype(np.int64))], embeddings, residual=True)[0]
+        for p, prompt in enumerate(PROMPTS):
+            rows = {r["stem"]: r for r in out if r["id"] == clip_id and r["prompt"] == prompt}
+            for stem, want, scores in (("target", expected.codes, expected.scores),
+                                       ("residual", expected.residual, expected.residual_scores)):
+                got = codes_to_numpy(rows[stem]["codes"])
+                assert (got == want[p].numpy()).mean() >= 0.999, (clip_id, prompt, stem)
+                assert rows[stem]["energy_kept"] == pytest.approx(scores["energy_kept"][p].item(), rel=1e-3)
+            assert rows["target"]["active_spans"] == rows["residual"]["active_spans"]
+            assert 0 <= rows["target"]["active_fraction"] <= 1
+            for start, end in rows["target"]["active_spans"]:
+                assert 0 <= start < end <= c.shape[1] / 50 + 1e-6
+
+
+def test_a_scores_only_pass_has_the_full_runs_scores_and_no_codes(ray_session, tmp_path, tables, models, embeddings):
+    codes = {f"s{i}": rand_codes(n, 60 + i) for i, n in enumerate([80, 300])}
+    shards = {"p.parquet": shard(list(codes), list(codes.values()))}
+    full = setup_job(str(tmp_path / "full"), tables, models["tiny"], embeddings, shards)
+    scores = setup_job(str(tmp_path / "scores"), tables, models["tiny"], embeddings, shards, emit="scores")
+    run(full)
+    run(scores)
+    a = read_table(full.output).sort_by([("id", "ascending"), ("prompt", "ascending")])
+    b = read_table(scores.output).sort_by([("id", "ascending"), ("prompt", "ascending")])
+    assert "codes" in a.column_names and "codes" not in b.column_names
+    for name in ("id", "prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans", "speaker"):
+        assert b[name].to_pylist() == a[name].to_pylist(), name
+
+
+def test_an_excluded_prompt_is_composed_out_of_every_target(ray_session, tmp_path, tables, models, embeddings):
+    c = rand_codes(120, 77)
+    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p.parquet": shard(["x"], [c])},
+                    prompts=PROMPTS[:2], exclude=[PROMPTS[2]])
+    run(cfg)
+    assert_exactly_once(cfg.output, ["x"], prompts=PROMPTS[:2])
+    expected = Separator(tables, models["tiny"]).separate([torch.from_numpy(c.astype(np.int64))], embeddings[:2],
+                                                          exclude=embeddings[2:])[0]
+    out = read_table(cfg.output).to_pylist()
+    for p, prompt in enumerate(PROMPTS[:2]):
+        row = next(r for r in out if r["prompt"] == prompt)
+        assert (codes_to_numpy(row["codes"]) == expected.codes[p].numpy()).mean() >= 0.999
+        assert row["energy_kept"] == pytest.approx(expected.scores["energy_kept"][p].item(), rel=1e-3)
