@@ -120,7 +120,7 @@ def figures(heldout: str, run: Path, folder: Path) -> list[Path]:
 
 def run(cfg: DemoConfig) -> str:
     """Runs every stage; -> the evaluation table (Markdown)."""
-    from jobs import evaluate, export, ingest, prepare_train, resolve, separate, synthetic, train
+    from jobs import evaluate, export, ingest, prepare_train, report, resolve, select, separate, synthetic, train
 
     t0 = time.perf_counter()
     out = Path(cfg.output).resolve()
@@ -150,18 +150,32 @@ def run(cfg: DemoConfig) -> str:
                                 else f"CLAP embeddings ({report.extra['prompt_encoder']})"))
     write_mixtures(heldout, out / "mixtures")
     ingest.run(ingest.parse_args([str(out / "mixtures"), str(out / "codes"), "--codec-weights", str(weights), *fast]))
+    models = ["--masker", str(run_dir / "masker.safetensors"), "--codec-tables", str(run_dir / "codec_tables.safetensors"),
+              "--prompt-table", str(run_dir / "prompts.parquet"), *fast]
     separate.run(separate.parse_args([
-        "--input", str(out / "codes"), "--output", str(out / "separated"), "--masker", str(run_dir / "masker.safetensors"),
-        "--codec-tables", str(run_dir / "codec_tables.safetensors"), "--prompt-table", str(run_dir / "prompts.parquet"),
-        *sum((["--prompt", p] for p in synthetic.KINDS), []), *fast]))
+        "--input", str(out / "codes"), "--output", str(out / "separated"), "--residual",
+        *sum((["--prompt", p] for p in synthetic.KINDS), []), *models]))
+    scores = separate.run(separate.parse_args([
+        "--input", str(out / "codes"), "--output", str(out / "scores"), "--prompt", "tone", "--exclude", "noise",
+        "--emit", "scores", *models]))
     _, table = evaluate.run(evaluate.parse_args([
         heldout, str(out / "evaluation"), "--masker", str(run_dir / "masker.safetensors"),
         "--codec-tables", str(run_dir / "codec_tables.safetensors"), "--codec-weights", str(weights),
         "--prompt-table", str(run_dir / "prompts.parquet")]))
     export.run(export.parse_args([str(out / "separated"), str(out / "wav"), "--codec-weights", str(weights), *fast]))
+    segments = select.run(select.parse_args(["--input", str(out / "separated"), "--output", str(out / "segments"),
+                                             "--prompt", "tone", "--spans"]))
+    page = out / "report.html"
+    report.run(report.parse_args(["--input", str(out / "separated"), "--output", str(page), "--audio", str(out / "wav")]))
     pngs = figures(heldout, run_dir, out / "figures")
     notes.append(f"figures: {', '.join(str(p) for p in pngs)}")
-    notes.append(f"separated wavs: {out / 'wav'}; evaluation: {out / 'evaluation'}")
+    notes.append(f"separated: {out / 'separated'} (stem=target and stem=residual per clip and prompt, with "
+                 f"active_spans); wavs: {out / 'wav'}; evaluation: {out / 'evaluation'}")
+    notes.append(f"scores only, 'tone' excluding 'noise' (--exclude, --emit scores): {out / 'scores'}, "
+                 f"{scores.rows_out} rows, no codes column")
+    notes.append(f"'tone' segments cut from active spans (select --spans): {segments.rows_out} code rows in "
+                 f"{out / 'segments'}, manifest {out / 'segments' / '_manifest.parquet'}")
+    notes.append(f"report: {page} (open it in a browser)")
     notes.append(f"wall time: {time.perf_counter() - t0:.0f} s")
     return "\n".join(notes) + "\n\n" + table
 

@@ -1,7 +1,8 @@
 """`codecsep export SRC DST --format wav|flac|dac`: code shards -> audio or `.dac` files.
 
 Input: code shards (`ingest`) or separated shards (`separate`, with a `prompt` column).
-Output: `DST/<id>.<ext>`, or `DST/<id>/<prompt slug>.<ext>` for separated rows; a
+Output: `DST/<id>.<ext>`, or `DST/<id>/<prompt slug>.<ext>` for separated rows (and
+`<prompt slug>.residual.<ext>` for their residual stems); a
 multi-channel source (rows `<id>#ch<k>`, see `storage.schema`) becomes one file again.
 
 The driver reads only the id/prompt/channel/codec columns (shard footers and those
@@ -51,7 +52,7 @@ from storage.schema import MalformedCodes, codes_to_numpy, validate_row
 log = logging.getLogger("codecsep.export")
 
 FORMATS = ("wav", "flac", "dac")
-KEY_COLUMNS = ("id", "prompt", "codec", "dac_channel", "dac_channels")
+KEY_COLUMNS = ("id", "prompt", "stem", "codec", "dac_channel", "dac_channels")
 MANIFEST_DIR = "_manifest"
 
 
@@ -206,7 +207,7 @@ def _safe_id(clip_id: str) -> bool:
 def plan_files(src: str, ext: str) -> tuple[pa.Table, set[str]]:
     """-> (one item per output file, plus error items for unreadable shards and unsafe ids;
     the codecs the rows name). Shard keys are read in parallel threads (I/O bound)."""
-    groups: dict[tuple[str, str | None], list[tuple[str, int]]] = defaultdict(list)
+    groups: dict[tuple[str, str | None, str | None], list[tuple[str, int]]] = defaultdict(list)
     errors, codecs = [], set()
     files = shards.list_shards(src)
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -219,16 +220,17 @@ def plan_files(src: str, ext: str) -> tuple[pa.Table, set[str]]:
                 codecs.update(c for c in keys["codec"].unique().to_pylist() if c is not None)
             for index, row in enumerate(keys.to_pylist()):
                 base = dac_source_id(row) if row.get("dac_channels") is not None else row["id"]
-                groups[(base, row.get("prompt"))].append((shard, index))
-    slugs = prompt_slugs({p for _, p in groups if p is not None})
+                groups[(base, row.get("prompt"), row.get("stem"))].append((shard, index))
+    slugs = prompt_slugs({p for _, p, _ in groups if p is not None})
     items = []
-    for (base, prompt), refs in groups.items():
+    for (base, prompt, stem), refs in groups.items():
         item = {"clip_id": base, "prompt": prompt, "shards": [s for s, _ in refs], "rows": [i for _, i in refs]}
         if base is None or not _safe_id(base):
             errors.append({**item, "id": f"{refs[0][0]}#row{refs[0][1]}", SOURCE: refs[0][0], ERROR_ID: base,
                            ERROR: f"id {base!r} cannot name a file under the output folder"})
             continue
-        out = f"{base}.{ext}" if prompt is None else f"{base}/{slugs[prompt]}.{ext}"
+        suffix = f".{stem}" if stem not in (None, "target") else ""
+        out = f"{base}.{ext}" if prompt is None else f"{base}/{slugs[prompt]}{suffix}.{ext}"
         items.append({**item, "id": out, ERROR: None, SOURCE: None, ERROR_ID: None})
     items.sort(key=lambda it: (it["shards"][0], it["rows"][0]))
     schema = pa.schema([("id", pa.string()), ("clip_id", pa.string()), ("prompt", pa.string()),
