@@ -204,6 +204,8 @@ def run_stage(
     s3 = (s3 or sfs.S3Options()).with_env_defaults()
     t_start = time.perf_counter()
     checkpoint = checkpoint_uri(output, options)
+    for uri in (output, checkpoint):
+        sfs.check_bucket(uri, s3)
     if options.retry_errors:
         log.info("%s: %d input(s) that failed before are due again", stage.name, forget_errors(output, checkpoint, stage, s3))
     if isinstance(inputs, Shards):

@@ -66,23 +66,24 @@ def _keyed(table: pa.Table, key: str, source: str, first_row: int) -> list[pa.Ta
 
 
 def _read_shards(files: list[str], key: str, rows_per_block: int, s3: sfs.S3Options, tally):
+    """Fetching a shard's bytes is storage (a failure stops the job); parsing them is data
+    (a failure is the shard's error row). Shards are bounded (storage.shards), so whole."""
     for uri in files:
-        fs, path = sfs.resolve(uri, s3)
+        data = sfs.read_bytes(uri, s3)
         try:
-            with fs.open(path, "rb") as f:
-                parquet = pq.ParquetFile(f)
-                if key not in parquet.schema_arrow.names:
-                    raise pa.ArrowInvalid(f"no {key!r} column")
-                first = 0
-                for batch in parquet.iter_batches(batch_size=rows_per_block):
-                    table = pa.Table.from_batches([batch])
-                    yield from _keyed(table, key, uri, first)
-                    first += table.num_rows
-        except pa.ArrowInvalid as e:
+            parquet = pq.ParquetFile(pa.BufferReader(data))
+            if key not in parquet.schema_arrow.names:
+                raise ValueError(f"no {key!r} column")
+            tables = [pa.Table.from_batches([b]) for b in parquet.iter_batches(batch_size=rows_per_block)]
+        except (pa.ArrowException, OSError, ValueError) as e:
             yield error_block(key, [uri], uri, f"unreadable shard (not a Parquet file of rows with {key!r}): {e}")
-            first = 1
+            tables = []
+        first = 0
+        for table in tables:
+            yield from _keyed(table, key, uri, first)
+            first += table.num_rows
         if tally is not None:
-            tally.add.remote(rows_read=first)
+            tally.add.remote(rows_read=max(first, 1))
 
 
 class ShardsSource(Datasource):

@@ -115,6 +115,17 @@ def write_bytes_atomic(uri: str, data: bytes, s3: S3Options | None = None) -> No
     log.debug("wrote %s (%d bytes)", uri, len(data))
 
 
+def check_bucket(uri: str, s3: S3Options | None = None) -> None:
+    """An object-store URI's bucket must exist: writers would otherwise create it (s3fs's
+    mkdir makes buckets), somewhere nobody meant to write. FileNotFoundError if it is missing."""
+    if is_object_store(uri):
+        fs, path = resolve(uri, s3)
+        bucket = path.split("/", 1)[0]
+        fs.invalidate_cache(bucket)
+        if not fs.exists(bucket):
+            raise FileNotFoundError(f"bucket {bucket!r} of {uri} does not exist")
+
+
 def list_files(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = None) -> list[str]:
     """Sorted URIs (spelled like `uri`) of the files under `uri`, recursively, whose names
     end with one of `suffixes` (any name when empty), skipping every path with a part
