@@ -229,7 +229,7 @@ def scan_inputs(uri: str) -> tuple[list[str], list[dict], int]:
                 meta = pq.ParquetFile(f).metadata
             if "id" not in meta.schema.names:
                 raise ValueError("no 'id' column")
-        except Exception as e:  # noqa: BLE001 - any unreadable shard becomes an error row
+        except ValueError as e:  # a broken file (pyarrow's ArrowInvalid is a ValueError); storage failures raise
             errors.append({"id": None, "source": file, "stage": "separate", "prompt": None,
                            "reason": f"unreadable shard: {type(e).__name__}: {e}"})
             continue

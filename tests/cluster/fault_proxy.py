@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import re
 import socket
 import struct
 import threading
@@ -46,13 +47,16 @@ def unreachable_endpoint() -> str:
 @dataclass
 class FaultPlan:
     """What the proxy does to each request. `rate` of the requests whose method is in
-    `methods` get one fault drawn from `kinds`; `refuse_keys` refuses every request."""
+    `methods` get one fault drawn from `kinds`; `refuse_keys` refuses every request (of
+    those whose path matches `paths`, e.g. r"\.parquet$" refuses reading shards but not
+    listing them, as a key that may list a bucket but not read it)."""
 
     rate: float = 0.0
     kinds: tuple[str, ...] = TRANSIENT
     methods: tuple[str, ...] = ("GET", "HEAD", "PUT", "POST", "DELETE")
     slow_s: float = 2.0
     refuse_keys: bool = False
+    paths: str = ""  # a regex: only requests whose path matches it are faulted ("": all)
     seed: int = 0
 
 
@@ -78,7 +82,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._body()
-        fault = self.server.proxy.draw(self.command)
+        fault = self.server.proxy.draw(self.command, self.path)
         if fault in _ERRORS:
             self._send_error(*_ERRORS[fault])
         elif fault == "reset":
@@ -151,11 +155,13 @@ class FaultProxy:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def draw(self, method: str) -> str | None:
+    def draw(self, method: str, path: str) -> str | None:
         """The fault for one request (None: forward it untouched); counted."""
         with self._lock:
             self.counts["requests"] += 1
-            if self.plan.refuse_keys:
+            if self.plan.paths and not re.search(self.plan.paths, urlsplit(path).path):
+                fault = None
+            elif self.plan.refuse_keys:
                 fault = "403"
             elif method in self.plan.methods and self._rng.random() < self.plan.rate:
                 fault = self._rng.choice(self.plan.kinds)
