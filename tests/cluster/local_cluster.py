@@ -43,9 +43,11 @@ def free_port() -> int:
 
 def node_env(tmpdir: str, pythonpath: str) -> dict[str, str]:
     """Environment of a node and of any process meant to see this cluster as "the one on
-    this machine" (`RAY_TMPDIR` decides where Ray looks for the address file)."""
+    this machine" (`RAY_TMPDIR` decides where Ray looks for the address file). A submitted
+    job's shell finds `python` on PATH, as in a cluster image: this environment's first."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=tmpdir, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=pythonpath)
+    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=tmpdir, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=pythonpath,
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))  # `python` = this env's
     return env
 
 
