@@ -47,3 +47,11 @@ def fresh_cluster(request):
     cluster = start_cluster(head_cpus=request.param)
     yield cluster
     stop_cluster(cluster)
+
+
+@pytest.fixture
+def ray_cluster_idle_head_throwaway():
+    """A cluster of its own (head runs no work) for a test that kills every worker node."""
+    cluster = start_cluster(head_cpus=0)
+    yield cluster
+    stop_cluster(cluster)

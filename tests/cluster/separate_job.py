@@ -2,11 +2,19 @@
 codec tables of the real architecture, a prompt table and code shards, under any URI."""
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -19,6 +27,7 @@ from storage.shards import read_errors, read_table
 
 PROMPTS = ("speech", "rain")
 JOB_TIMEOUT_S = 300
+MARKER = "CODECSEP_CLUSTER_TEST_RUN"
 
 
 def code_shard(ids: list[str], n_frames: int, seed: int) -> pa.Table:
@@ -61,10 +70,49 @@ def job_args(uris: dict[str, str], *extra: str) -> list[str]:
     return args + [a for p in PROMPTS for a in ("--prompt", p)] + list(extra) + ["min_rows_per_file=1"]
 
 
-def run_job(args: list[str], env: dict[str, str], timeout_s: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """The job as a user runs it, in its own process, bounded."""
-    return subprocess.run([sys.executable, "-m", "jobs.separate", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout_s)
+@dataclass
+class JobRun:
+    returncode: int | None  # None: still running at its deadline, then killed
+    output: str  # stdout and stderr together
+    wall_s: float
+
+
+def start_job(args: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    """The job as a user starts it, in its own session, output to `log`; -> (process, marker)."""
+    marker = uuid.uuid4().hex
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.separate", *args], env={**env, MARKER: marker},
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, marker
+
+
+def finish_job(proc: subprocess.Popen, marker: str, log: Path, t0: float, timeout_s: float) -> JobRun:
+    """Wait at most until `t0 + timeout_s`; a job still running then is killed with every
+    process it started (an embedded Ray's processes leave its process group, so they are
+    found by the marker in their environment)."""
+    try:
+        rc = proc.wait(timeout=max(0.0, t0 + timeout_s - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        rc = None
+    kill_marked(proc, marker)
+    return JobRun(rc, log.read_text(errors="replace"), time.monotonic() - t0)
+
+
+def kill_marked(proc: subprocess.Popen, marker: str) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if p.environ().get(MARKER) == marker:
+                p.kill()
+    proc.wait()
+
+
+def run_job(args: list[str], env: dict[str, str], log: Path, timeout_s: float = JOB_TIMEOUT_S) -> JobRun:
+    """The job run to its end, or killed (with all its processes) at `timeout_s`."""
+    t0 = time.monotonic()
+    proc, marker = start_job(args, env, log)
+    return finish_job(proc, marker, log, t0, timeout_s)
 
 
 def output_pairs(output: str) -> list[tuple[str, str]]:
