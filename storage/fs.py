@@ -22,14 +22,30 @@ from fsspec.implementations.local import LocalFileSystem
 log = logging.getLogger(__name__)
 
 
+# Object stores throttle (503 SlowDown) and fail now and then (500, resets, slow answers).
+# botocore retries those with exponential backoff and full jitter ("standard" mode:
+# delay = rand() * 2**attempt, at most 20 s; "adaptive" adds a client-side rate limiter
+# that slows down on throttling). Seven attempts survive a 30% transient fault rate, and
+# a refused connection (endpoint unreachable) still fails in under a minute; s3fs retries
+# SlowDown, resets and timeouts once more on top. AWS_RETRY_MODE / AWS_MAX_ATTEMPTS
+# (botocore's own variables) override both.
+S3_RETRY_MODE = "standard"
+S3_MAX_ATTEMPTS = 7  # in all, the first included
+S3_CONNECT_TIMEOUT_S = 5.0
+S3_READ_TIMEOUT_S = 30.0
+
+
 @dataclass(frozen=True)
 class S3Options:
-    """S3 endpoint and credentials; a field left None falls back to the AWS env vars."""
+    """S3 endpoint, credentials and retries; a field left None falls back to the AWS env
+    vars, then to this module's defaults."""
 
     endpoint_url: str | None = None
     key: str | None = None
     secret: str | None = None
     region: str | None = None
+    retry_mode: str | None = None
+    max_attempts: int | None = None
 
     def with_env_defaults(self) -> S3Options:
         env = os.environ
@@ -39,6 +55,8 @@ class S3Options:
             key=self.key or env.get("AWS_ACCESS_KEY_ID"),
             secret=self.secret or env.get("AWS_SECRET_ACCESS_KEY"),
             region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+            retry_mode=self.retry_mode or env.get("AWS_RETRY_MODE") or S3_RETRY_MODE,
+            max_attempts=self.max_attempts or int(env.get("AWS_MAX_ATTEMPTS") or S3_MAX_ATTEMPTS),
         )
 
     def s3fs_kwargs(self) -> dict:
@@ -48,7 +66,12 @@ class S3Options:
             client_kwargs["endpoint_url"] = opts.endpoint_url
         if opts.region:
             client_kwargs["region_name"] = opts.region
-        kwargs: dict = {"client_kwargs": client_kwargs}
+        config = {
+            "retries": {"mode": opts.retry_mode, "total_max_attempts": opts.max_attempts},
+            "connect_timeout": S3_CONNECT_TIMEOUT_S,
+            "read_timeout": S3_READ_TIMEOUT_S,
+        }
+        kwargs: dict = {"client_kwargs": client_kwargs, "config_kwargs": config}
         if opts.key:
             kwargs["key"] = opts.key
         if opts.secret:
