@@ -67,7 +67,7 @@ class Items:
 def _tally_actor():
     import ray
 
-    @ray.remote(num_cpus=0, max_restarts=-1)
+    @ray.remote(num_cpus=0)
     class Tally:
         """Counters the read tasks and stage actors report; `peak_*` keep the maximum."""
 
@@ -81,7 +81,11 @@ def _tally_actor():
         def get(self):
             return self.totals
 
-    return Tally.remote()
+    # On the driver's node: worker nodes come and go (preemption), and the counts must not.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return Tally.options(scheduling_strategy=here).remote()
 
 
 class StageActor:
@@ -338,8 +342,8 @@ def _cluster_state(ray) -> str:
     try:
         from ray.util.state import list_actors
 
-        waiting = [a for a in list_actors(timeout=10) if a.state != "ALIVE" and a.state != "DEAD"]
-        states = ", ".join(f"{a.class_name} {a.state}" for a in waiting[:8]) or "no actor pending or restarting"
-        return f"available resources {ray.available_resources()}; {states}"
+        waiting = [a for a in list_actors(timeout=10) if a.state in ("PENDING_CREATION", "RESTARTING", "DEPENDENCIES_UNREADY")]
+        states = ", ".join(f"{a.class_name} {a.state.lower()}" for a in waiting[:8]) or "no actor pending or restarting"
+        return f"actors waiting: {states}; free resources: {ray.available_resources()}"
     except Exception as e:  # noqa: BLE001 - diagnostics must not mask the stall itself
         return f"(cluster state unavailable: {type(e).__name__})"

@@ -122,7 +122,7 @@ def run_cli(job: str, body: Callable[[], None], argv: list[str] | None = None) -
     except Exception as e:  # noqa: BLE001 - the CLI's last resort: one line, exit 1
         if {"-v", "--verbose"} & set(sys.argv[1:] if argv is None else argv):
             traceback.print_exc()
-        print(f"codecsep {job}: failed: {failure_reason(e)}", file=sys.stderr)
+        print(f"codecsep {job}: error: {failure_reason(e)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -132,13 +132,20 @@ class UsageError(RuntimeError):
 
 
 def failure_reason(e: BaseException) -> str:
-    """The innermost cause of a failure in one line: Ray wraps a worker's exception."""
+    """The innermost cause of a failure in one line (Ray wraps a worker's exception), said
+    in words a user acts on where it is storage that failed."""
     while getattr(e, "cause", None) is not None and e.cause is not e:  # RayTaskError
         e = e.cause
     while e.__cause__ is not None:
         e = e.__cause__
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}"
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[-1] if lines else ''}"
+    names = {c.__name__ for c in type(e).__mro__}
+    if isinstance(e, PermissionError):
+        return f"storage refused access ({text}): check the credentials and the bucket's permissions"
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionError"}:
+        return f"cannot connect to the storage endpoint ({text}): check AWS_ENDPOINT_URL and the network"
+    return text
 
 
 def setup_logging(verbose: bool = False) -> None:

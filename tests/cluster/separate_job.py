@@ -67,7 +67,7 @@ def job_args(uris: dict[str, str], *extra: str) -> list[str]:
     """`jobs.separate` arguments for these inputs, one output file per actor batch."""
     args = ["--input", uris["input"], "--output", uris["output"], "--masker", uris["masker"],
             "--codec-tables", uris["codec_tables"], "--prompt-table", uris["prompt_table"]]
-    return args + [a for p in PROMPTS for a in ("--prompt", p)] + list(extra) + ["min_rows_per_file=1"]
+    return args + [a for p in PROMPTS for a in ("--prompt", p)] + list(extra) + ["run.min_rows_per_file=1"]
 
 
 @dataclass

@@ -37,7 +37,6 @@ def other_cluster(request):
         assert not cluster.shutdown()
 
 
-@pytest.mark.xfail(strict=True, reason="runner (#10/#11): init_ray must start embedded Ray with address='local'")
 @pytest.mark.parametrize("other_cluster", ["running", "killed"], indirect=True)
 def test_no_address_runs_embedded_whatever_other_ray_runs_on_the_machine(other_cluster, tmp_path, tables):
     uris = sj.setup_inputs(str(tmp_path), tables, n_shards=1, rows_per_shard=2)
@@ -50,7 +49,6 @@ def test_no_address_runs_embedded_whatever_other_ray_runs_on_the_machine(other_c
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour on a machine without CUDA")
-@pytest.mark.xfail(strict=True, reason="runner (#10): the device resolver must refuse GPUs without CUDA")
 def test_gpus_asked_for_without_cuda_is_a_clear_error_within_seconds(tmp_path, tables):
     import os
 

@@ -84,9 +84,6 @@ def test_a_permanent_storage_fault_stops_the_job_within_a_minute_without_error_r
 
 def test_a_permanent_storage_fault_is_reported_in_one_clear_line(permanent_fault_run, request):
     fault, _, run = permanent_fault_run
-    if fault != "input bucket missing":  # the one already reported so (FileNotFoundError on listing)
-        request.applymarker(pytest.mark.xfail(strict=True, reason="runner (#10/#11): storage failures end as one "
-                                                                  "clear line, output bucket checked up front"))
     assert "Traceback" not in run.output, f"{fault}: a traceback instead of a message"
     words = {"keys refused": "access", "keys refused for shard reads": "access", "input bucket missing": "missing-",
              "output bucket missing": "missing-", "endpoint unreachable": "connect"}[fault]
