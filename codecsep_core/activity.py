@@ -6,11 +6,12 @@ high against the same prompt's mean kept energy over the clip (`threshold`), and
 against the mixture's mean frame energy (`min_share`, so that a source absent from the whole
 clip gets no spans). Nothing here runs the masker again: a few vector operations on [P, T].
 
-Measured on held-out synthetic mixtures (tests/codecsep_core/test_features_trained.py): the
-per-frame ratio |M Z_t|^2 / |Z_t|^2 does not find the source (its IoU with the true activity,
-0.28-0.29, is below the whole-clip span's 0.43): a small masker acts much like a fixed filter on
-the latent, so the ratio moves little when the source starts, and it is 0/0 in silent frames.
-The kept energy itself rises where the source sounds, hence this rule.
+Measured on held-out synthetic mixtures with a briefly trained `tiny` masker (figures in
+docs/separation_features.md): the per-frame ratio |M Z_t|^2 / |Z_t|^2 does not find the source
+(IoU with the true activity 0.28-0.29, below the whole-clip span's 0.43): such a masker acts
+much like a fixed filter on the latent, so the ratio moves little when the source starts, and
+it is 0/0 in silent frames. The kept energy itself rises where the source sounds, hence this
+rule; how well it does depends on the masker (not yet reliably above the whole-clip span).
 """
 from __future__ import annotations
 
