@@ -8,7 +8,6 @@ page needs no network and no other file. Only score columns are read, never the 
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import logging
@@ -206,13 +205,11 @@ def run(cfg: ReportConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> ReportConfig:
-    p = argparse.ArgumentParser(prog="codecsep report", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(job_config.default_config_path("report")))
+    p = job_config.job_parser("report", ReportConfig, __doc__.splitlines()[0])
     p.add_argument("--input", help="URI of the separated shards")
     p.add_argument("--output", help="HTML file to write")
     p.add_argument("--audio", action="append", default=[], help="folder of exported audio (repeatable)")
     p.add_argument("--top", type=int, help="clips listed at each end of the ranking")
-    p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
@@ -221,7 +218,7 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(STAGE, lambda: run(parse_args(argv)).emit())
+    return run_cli(STAGE, lambda: run(parse_args(argv)).emit(), argv)
 
 
 if __name__ == "__main__":

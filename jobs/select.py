@@ -12,7 +12,6 @@ This runs on the driver with pyarrow, one input shard at a time.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Iterator
@@ -105,10 +104,18 @@ def output_rows(cfg: SelectConfig, rows: list[dict], archive: ArchiveCodes | Non
                 yield row, (out, segments.manifest_row(out["id"], row, 0.0, segments.clip_seconds(out)))
                 continue
             for span in row["active_spans"] or []:
-                out, start_s, end_s = segments.slice_row(base, codes, span)
+                out, start_s, end_s = segments.slice_row(base, codes, span, hop_length(clip["codec"]))
                 yield row, (out, segments.manifest_row(out["id"], row, start_s, end_s))
         except (ValueError, KeyError, MalformedCodes) as e:
             yield row, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+
+
+def hop_length(codec: str) -> int:
+    from codecsep_core import DAC_CODECS
+
+    if codec not in DAC_CODECS:
+        raise ValueError(f"unknown codec {codec!r}: one of {sorted(DAC_CODECS)} expected")
+    return DAC_CODECS[codec].hop_length
 
 
 def run(cfg: SelectConfig) -> JobReport:
@@ -148,8 +155,7 @@ def run(cfg: SelectConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> SelectConfig:
-    p = argparse.ArgumentParser(prog="codecsep select", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(job_config.default_config_path("select")))
+    p = job_config.job_parser("select", SelectConfig, __doc__.splitlines()[0])
     p.add_argument("--input", help="URI of the separated shards")
     p.add_argument("--output", help="URI of the segment dataset to write")
     p.add_argument("--prompt", help="the prompt whose rows to select")
@@ -157,7 +163,6 @@ def parse_args(argv: list[str] | None) -> SelectConfig:
     p.add_argument("--min-energy-kept", type=float, help="keep rows whose energy_kept is at least this")
     p.add_argument("--spans", action="store_true", default=None, help="one output row per active span")
     p.add_argument("--codes-from", help="code-shard archive to take the codes from (joined on id)")
-    p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
@@ -169,7 +174,7 @@ def parse_args(argv: list[str] | None) -> SelectConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(STAGE, lambda: run(parse_args(argv)).emit())
+    return run_cli(STAGE, lambda: run(parse_args(argv)).emit(), argv)
 
 
 if __name__ == "__main__":

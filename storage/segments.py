@@ -25,13 +25,6 @@ import pyarrow.parquet as pq
 from storage.fs import S3Options, join, write_bytes_atomic
 
 MANIFEST_NAME = "_manifest.parquet"
-# Columns a separated shard carries for activity (the separate job's --spans output).
-ACTIVITY_COLUMNS = pa.schema(
-    [
-        pa.field("active_fraction", pa.float32()),  # share of the clip's frames inside active_spans
-        pa.field("active_spans", pa.list_(pa.list_(pa.float64()))),  # [[start_s, end_s], ...]
-    ]
-)
 MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string()),  # the segment's (or selected row's) id in the output shards
@@ -44,16 +37,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("active_fraction", pa.float32()),
     ]
 )
-# Samples per frame of the codecs a shard row can name (DAC's encoder hop; storage does not
-# load codec models to ask them).
-HOP_LENGTHS = {"dac_16khz": 320, "dac_24khz": 320, "dac_44khz": 512}
 _EPS = 1e-6
-
-
-def hop_length(codec: str) -> int:
-    if codec not in HOP_LENGTHS:
-        raise ValueError(f"unknown codec {codec!r}: no hop length for {sorted(HOP_LENGTHS)}")
-    return HOP_LENGTHS[codec]
 
 
 def span_frames(start_s: float, end_s: float, frame_rate: float, n_frames: int) -> tuple[int, int]:
@@ -70,14 +54,15 @@ def segment_id(source_id: str, start_s: float, end_s: float) -> str:
     return f"{source_id}@{start_s:.3f}-{end_s:.3f}"
 
 
-def slice_row(row: Mapping[str, Any], codes: np.ndarray, span: Sequence[float]) -> tuple[dict, float, float]:
-    """A code-shard row's segment: codes [n_q, T] cut to `span`'s frames, exact length in
+def slice_row(row: Mapping[str, Any], codes: np.ndarray, span: Sequence[float], hop: int) -> tuple[dict, float, float]:
+    """A code-shard row's segment (`hop`: samples per frame of the row's codec, from the one
+    codec identity, `codecsep_core.DAC_CODECS`): codes [n_q, T] cut to `span`'s frames, exact length in
     samples, DAC metadata of a one-chunk mono clip, id from the source id and the span;
     -> (segment row, start_s, end_s) on the frame grid. Extra columns pass through. Chunked
     DAC rows (`dac_padding` False) have no frame grid to cut on: ValueError."""
     if row.get("dac_padding") is False:
         raise ValueError("a chunked .dac row (dac_padding=False) cannot be cut into segments")
-    rate, hop = int(row["sample_rate"]), hop_length(row["codec"])
+    rate = int(row["sample_rate"])
     f0, f1 = span_frames(float(span[0]), float(span[1]), rate / hop, codes.shape[1])
     first, last = f0 * hop, min(f1 * hop, int(row["n_samples"]))
     if last <= first:

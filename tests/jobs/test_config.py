@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import bench, config, demo, evaluate, export, ingest, prepare_train, prompts, separate, train
+from jobs import bench, config, demo, evaluate, export, ingest, prepare_train, prompts, report, select, separate, train
 
 CONFIGS = {
     "separate": separate.SeparateConfig, "ingest": ingest.IngestConfig, "export": export.ExportConfig,
     "prepare_train": prepare_train.PrepareTrainConfig, "train": train.TrainConfig, "evaluate": evaluate.EvaluateConfig,
     "prompts": prompts.PromptsConfig, "demo": demo.DemoConfig, "bench": bench.BenchConfig,
+    "select": select.SelectConfig, "report": report.ReportConfig,
 }
 
 
