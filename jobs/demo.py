@@ -140,14 +140,14 @@ def run(cfg: DemoConfig) -> str:
                                                 f"mixing.seed={cfg.seed + 1}", "keep_audio=true", *common]))
     heldout = str(out / "heldout" / "train")  # val_fraction=0: every held-out row is under train/
     run_dir = out / "run"
-    report = train.run(train.parse_args([
+    trained = train.run(train.parse_args([
         str(out / "data"), str(run_dir), "--codec-weights", str(weights), "--preset", "tiny",
         "--fixed-prompts-if-offline", f"max_steps={cfg.max_steps}", f"val_every={cfg.max_steps // 2}",
         f"checkpoint_every={cfg.max_steps // 2}", "log_every=25", f"optimizer.lr={cfg.learning_rate}",
         f"segment_frames={round(cfg.segment_seconds * 50) + 2}", f"seed={cfg.seed}", *fast]))
-    fixed = report.extra["prompt_encoder"] == resolve.FIXED_ENCODER
+    fixed = trained.extra["prompt_encoder"] == resolve.FIXED_ENCODER
     notes.append("prompts: " + ("FIXED RANDOM VECTORS per prompt string (no CLAP weights on this machine)" if fixed
-                                else f"CLAP embeddings ({report.extra['prompt_encoder']})"))
+                                else f"CLAP embeddings ({trained.extra['prompt_encoder']})"))
     write_mixtures(heldout, out / "mixtures")
     ingest.run(ingest.parse_args([str(out / "mixtures"), str(out / "codes"), "--codec-weights", str(weights), *fast]))
     models = ["--masker", str(run_dir / "masker.safetensors"), "--codec-tables", str(run_dir / "codec_tables.safetensors"),
