@@ -141,7 +141,8 @@ def failure_reason(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     text = f"{type(e).__name__}: {lines[-1] if lines else ''}"
     names = {c.__name__ for c in type(e).__mro__}
-    if isinstance(e, PermissionError):
+    refused = ("403", "Forbidden", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+    if isinstance(e, PermissionError) or ("ClientError" in names and any(w in text for w in refused)):
         return f"storage refused access ({text}): check the credentials and the bucket's permissions"
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionError"}:
         return f"cannot connect to the storage endpoint ({text}): check AWS_ENDPOINT_URL and the network"
