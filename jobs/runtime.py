@@ -164,8 +164,10 @@ def quiet_library_noise() -> None:
     workers, which inherit the environment variable)."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::UserWarning:torch.nn.utils.weight_norm")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    for name in ("ray.train", "ray.tune", "ray.data._internal.execution.streaming_executor"):
+    for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray Data logs a failed job's traceback itself; the CLI says it in one line (-v: all of it).
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 def local_logical_cpus() -> int:

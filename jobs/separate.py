@@ -86,8 +86,8 @@ class SeparateStage(Stage):
 
         self.separator = Separator(CodecTables.load(self.tables_bytes), load_masker(self.masker_bytes).to(device), self.config)
         self.codec = self.separator.tables.info
-        self.embeddings = torch.from_numpy(self.vectors)
-        self.exclude = torch.from_numpy(self.exclude_vectors) if len(self.exclude_vectors) else None
+        self.embeddings = torch.tensor(self.vectors)  # a copy: shipped arrays arrive read-only
+        self.exclude = torch.tensor(self.exclude_vectors) if len(self.exclude_vectors) else None
         del self.masker_bytes, self.tables_bytes
 
     def process(self, batch: pa.Table) -> StageOutput:
