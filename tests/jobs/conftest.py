@@ -52,8 +52,8 @@ def lost_machine():
 @pytest.fixture(scope="session")
 def tiny_quality():
     """Bench overrides: the quality rule's held-out set in a size for tests."""
-    return ["quality.preset=tiny", "quality.train_mixtures=6", "quality.heldout_mixtures=2",
-            "quality.clip_seconds=0.5", "quality.codec_fit_per_kind=3", "quality.lr=0.002"]
+    return ["quality.preset=tiny", "quality.train_mixtures=10", "quality.heldout_mixtures=2",
+            "quality.clip_seconds=1.0", "quality.codec_fit_per_kind=4", "quality.lr=0.002"]
 
 
 @pytest.fixture(scope="session")

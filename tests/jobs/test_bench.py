@@ -1,6 +1,7 @@
 """`codecsep bench` in a tiny mode, and the quality rule that decides which precision the
 bench may call "at equal quality". Speed targets are not asserted here (machines are
 noisy); the benchmark output reports PASS/FAIL against them."""
+
 import json
 import math
 
@@ -10,10 +11,25 @@ import torch
 from codecsep_core import Masker, MaskerConfig, SeparatorConfig
 
 TINY = [
-    "masker_preset=tiny", "clip_seconds=1", "short_clip_seconds=0.2", "batch_sizes=[1,2]", "speedup_batch=2",
-    "waveform_max_batch=2", "repeats=1", "ablation_prompts=2", "job_seconds=4", "job_shards=2", "job_actors=[1]",
-    "job_repeats=1", "job_cpus=1", "job_batch_size=2", "length_seconds=[1,2]", "ingest_seconds=2",
-    "matmul_size=256", "docs=null", "quality.steps=20",
+    "masker_preset=tiny",
+    "clip_seconds=1",
+    "short_clip_seconds=0.2",
+    "batch_sizes=[1,2]",
+    "speedup_batch=2",
+    "waveform_max_batch=2",
+    "repeats=1",
+    "ablation_prompts=2",
+    "job_seconds=4",
+    "job_shards=2",
+    "job_actors=[1]",
+    "job_repeats=1",
+    "job_cpus=1",
+    "job_batch_size=2",
+    "length_seconds=[1,2]",
+    "ingest_seconds=2",
+    "matmul_size=256",
+    "docs=null",
+    "quality.steps=20",
 ]
 
 
@@ -43,8 +59,13 @@ def test_bf16_holds_the_quality_rule_on_held_out_mixtures(quality_set):
 
 def test_bench_reports_every_target_from_this_run(bench):
     res, markdown = bench
-    for key in ("separator_x_realtime", "short_vs_long", "job_vs_bare_loop", "separator_gmacs_per_audio_second",
-                "fraction_of_machine_peak"):
+    for key in (
+        "separator_x_realtime",
+        "short_vs_long",
+        "job_vs_bare_loop",
+        "separator_gmacs_per_audio_second",
+        "fraction_of_machine_peak",
+    ):
         assert math.isfinite(res[key]) and res[key] > 0, key
     assert len(res["summary"]["targets"]) == 4
     assert markdown.count("PASS") + markdown.count("FAIL") == 4

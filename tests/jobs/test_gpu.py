@@ -1,5 +1,6 @@
 """The GPU path (`make gpu-check`): the separator on CUDA against CPU under the quality
 rule, and `codecsep separate --gpus-per-actor 1` end to end. Skipped without CUDA."""
+
 import subprocess
 import sys
 from dataclasses import replace
@@ -39,11 +40,30 @@ def test_separate_with_one_gpu_per_actor_end_to_end(tmp_path, dac16):
     m = Models(dac16, tables, masker, torch.nn.functional.normalize(torch.randn(1, 512), dim=-1))
     cfg = replace(BenchConfig(), clip_seconds=2.0, job_seconds=16.0, job_shards=2, job_batch_size=4)
     inputs = write_job_inputs(cfg, m, tmp_path)
-    cmd = [sys.executable, "-m", "jobs.separate", "--input", str(tmp_path / "shards"), "--output", str(tmp_path / "out"),
-           "--prompt", inputs["prompts"][0], "--masker", str(tmp_path / "masker.safetensors"),
-           "--codec-tables", str(tmp_path / "tables.safetensors"), "--prompt-table", str(tmp_path / "prompts.parquet"),
-           "--actors", "1", "--gpus-per-actor", "1"]
-    subprocess.run(cmd, cwd=REPO, check=True, timeout=300, env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.separate",
+        "--input",
+        str(tmp_path / "shards"),
+        "--output",
+        str(tmp_path / "out"),
+        "--prompt",
+        inputs["prompts"][0],
+        "--masker",
+        str(tmp_path / "masker.safetensors"),
+        "--codec-tables",
+        str(tmp_path / "tables.safetensors"),
+        "--prompt-table",
+        str(tmp_path / "prompts.parquet"),
+        "--actors",
+        "1",
+        "--gpus-per-actor",
+        "1",
+    ]
+    subprocess.run(
+        cmd, cwd=REPO, check=True, timeout=300, env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"}
+    )
     out = read_table(str(tmp_path / "out")).to_pylist()
     assert sorted(r["id"] for r in out) == [f"clip-{i:05d}" for i in range(len(inputs["clips"]))]
     expected = Separator(tables, masker).separate(inputs["clips"], m.prompts)
