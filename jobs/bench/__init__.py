@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output = Path(args.output)
     if args.gpu:
+        if not torch.cuda.is_available():
+            print("codecsep bench --gpu: needs CUDA, and torch sees no GPU")
+            return 2
         res = run_gpu(cfg)
         output.mkdir(parents=True, exist_ok=True)
         (output / "bench_gpu.json").write_text(json.dumps(res, indent=2, sort_keys=True))
