@@ -175,7 +175,8 @@ def measure_gpu(cfg: BenchConfig, m: Models, device: torch.device) -> list[dict]
         if compiled:
             masker._from_width = torch.compile(masker._from_width, mode="reduce-overhead", dynamic=False)
         for precision in ("fp32", "bf16", "fp16"):
-            for batch in cfg.gpu_batch_windows:
+            # Compiled: the largest batch only (each shape and dtype compiles anew).
+            for batch in cfg.gpu_batch_windows[-1:] if compiled else cfg.gpu_batch_windows:
                 sep = Separator(m.tables, masker, replace(cfg.separator, precision=precision, batch_windows=batch))
                 t = best_time(lambda: sep.separate(clips[:batch], prompts), cfg.repeats, device)
                 rows.append(
