@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0
 DAC_SPEC := descript-audiotools==0.7.2 descript-audio-codec==1.0.0
 
-.PHONY: install install-browser lint test demo bench clean
+.PHONY: install install-browser lint test demo bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ demo: install
 
 bench: install
 	RAY_AUTH_MODE=disabled $(VENV)/bin/codecsep bench --output bench_out
+
+# On a machine with one CUDA GPU (install a CUDA torch build: README "Dependencies"), in
+# under 8 minutes: the CUDA tests (they skip without a GPU) and the bench's GPU section.
+gpu-check: install
+	RAY_AUTH_MODE=disabled timeout 300 $(PY) -m pytest -q -rs tests/jobs/test_gpu.py
+	RAY_AUTH_MODE=disabled timeout 300 $(VENV)/bin/codecsep bench --gpu --output bench_out repeats=2
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

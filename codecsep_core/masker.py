@@ -211,9 +211,11 @@ class Masker(nn.Module):
         params = [self.ch_up.weight, self.out_conv.weight, self.out_conv.bias, *self.mask_conv.parameters()]
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         if getattr(self, "_tail_cache", (None,))[0] != key:
-            w_out, w_mask = self.out_conv.weight[:, :, 0], self.mask_conv.weight[:, :, 0]
-            w_chain = w_out @ w_mask
-            self._tail_cache = (key, w_chain @ self.ch_up.weight[:, :, 0], w_chain, w_out)
+            # In the weights' own dtype even under autocast: the cache then serves every precision.
+            with torch.autocast(cond.device.type, enabled=False):
+                w_out, w_mask = self.out_conv.weight[:, :, 0], self.mask_conv.weight[:, :, 0]
+                w_chain = w_out @ w_mask
+                self._tail_cache = (key, w_chain @ self.ch_up.weight[:, :, 0], w_chain, w_out)
         _, weight, w_chain, w_out = self._tail_cache
         bias = self.film_up(cond) @ w_chain.t() + self.film_mask(cond) @ w_out.t() + self.out_conv.bias
         return weight, bias

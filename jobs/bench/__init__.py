@@ -13,6 +13,7 @@ Modules: `config` (typed config, targets), `models` (shared models, timing), `co
 rule), `pipeline` (the Ray jobs), `report` (summary, PASS/FAIL, Markdown).
 `--gpu` runs only the GPU section and writes `bench_gpu.json`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ __all__ = ["BenchConfig", "main", "run", "run_gpu"]
 
 def _machine(device: torch.device) -> str:
     gpu = f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads{gpu}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads{gpu}"
+    )
 
 
 def run(cfg: BenchConfig) -> dict:
@@ -47,24 +50,39 @@ def run(cfg: BenchConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     m = build_models(cfg)
-    res: dict = {"machine": _machine(torch.device("cpu")), "weights": "random (real architectures)",
-                 "config": job_config.to_dict(cfg)}
-    res["quality"] = quality.measure_quality(quality.build_quality_set(cfg.quality, cfg.seed), cfg.precisions,
-                                             cfg.separator)
+    res: dict = {
+        "machine": _machine(torch.device("cpu")),
+        "weights": "random (real architectures)",
+        "config": job_config.to_dict(cfg),
+    }
+    res["quality"] = quality.measure_quality(
+        quality.build_quality_set(cfg.quality, cfg.seed), cfg.precisions, cfg.separator
+    )
     res["macs"] = compute.measure_macs(cfg, m)
     res["matmul_peak_gflops"] = compute.machine_peak(cfg, torch.device("cpu"), cfg.precisions)
     res["speed"] = speed.measure_speed(cfg, m)
     equal = [p for p in cfg.precisions if res["quality"]["precisions"][p]["equal_quality"]]
-    fastest = max((r for r in res["speed"] if r["route"] == "codes" and r["precision"] in equal),
-                  key=lambda r: r["x_realtime"])
+    fastest = max(
+        (r for r in res["speed"] if r["route"] == "codes" and r["precision"] in equal), key=lambda r: r["x_realtime"]
+    )
     res["short_clips"] = speed.measure_short_clips(cfg, m, fastest["precision"])
     res["ablation"] = speed.measure_ablation(cfg, m)
     res["lengths"] = speed.measure_lengths(cfg, m)
     res["job"] = pipeline.measure_job(cfg, m)
     res["ingest"] = pipeline.measure_ingest(cfg, m)
     res["summary"] = report.summarize(res)
-    res.update({k: res["summary"][k] for k in ("separator_x_realtime", "short_vs_long", "job_vs_bare_loop",
-                                               "separator_gmacs_per_audio_second", "fraction_of_machine_peak")})
+    res.update(
+        {
+            k: res["summary"][k]
+            for k in (
+                "separator_x_realtime",
+                "short_vs_long",
+                "job_vs_bare_loop",
+                "separator_gmacs_per_audio_second",
+                "fraction_of_machine_peak",
+            )
+        }
+    )
     res["bench_wall_s"] = time.perf_counter() - t0
     return res
 
@@ -85,14 +103,21 @@ def run_gpu(cfg: BenchConfig) -> dict:
     for row in gpu["precisions"].values():
         row["equal_quality_vs_cpu_fp32"] = row["snr_vs_target_db"] >= fp32_cpu - quality.EQUAL_QUALITY_DB
     rows = speed.measure_gpu(cfg, m, device)
-    best = max((r for r in rows if gpu["precisions"][r["precision"]]["equal_quality_vs_cpu_fp32"]),
-               key=lambda r: r["x_realtime"])
-    return {"machine": _machine(device), "config": job_config.to_dict(cfg), "speed": rows,
-            "matmul_peak_gflops": compute.machine_peak(cfg, device, ["fp32", "bf16", "fp16"]),
-            "quality_cpu_fp32_snr_db": fp32_cpu, "quality": gpu,
-            "separator_x_realtime_per_gpu": best["x_realtime"],
-            "best": {k: best[k] for k in ("precision", "batch", "compiled", "x_realtime")},
-            "bench_wall_s": time.perf_counter() - t0}
+    best = max(
+        (r for r in rows if gpu["precisions"][r["precision"]]["equal_quality_vs_cpu_fp32"]),
+        key=lambda r: r["x_realtime"],
+    )
+    return {
+        "machine": _machine(device),
+        "config": job_config.to_dict(cfg),
+        "speed": rows,
+        "matmul_peak_gflops": compute.machine_peak(cfg, device, ["fp32", "bf16", "fp16"]),
+        "quality_cpu_fp32_snr_db": fp32_cpu,
+        "quality": gpu,
+        "separator_x_realtime_per_gpu": best["x_realtime"],
+        "best": {k: best[k] for k in ("precision", "batch", "compiled", "x_realtime")},
+        "bench_wall_s": time.perf_counter() - t0,
+    }
 
 
 def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]:
@@ -118,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output = Path(args.output)
     if args.gpu:
+        if not torch.cuda.is_available():
+            print("codecsep bench --gpu: needs CUDA, and torch sees no GPU")
+            return 2
         res = run_gpu(cfg)
         output.mkdir(parents=True, exist_ok=True)
         (output / "bench_gpu.json").write_text(json.dumps(res, indent=2, sort_keys=True))
@@ -126,6 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     res = run(cfg)
     docs = None if cfg.docs is None else job_config.CONFIG_DIR.parent / cfg.docs
     print(report.write_results(res, output, docs))
-    print(json.dumps({k: res[k] for k in ("separator_x_realtime", "short_vs_long", "job_vs_bare_loop",
-                                          "separator_gmacs_per_audio_second", "fraction_of_machine_peak")}))
+    print(
+        json.dumps(
+            {
+                k: res[k]
+                for k in (
+                    "separator_x_realtime",
+                    "short_vs_long",
+                    "job_vs_bare_loop",
+                    "separator_gmacs_per_audio_second",
+                    "fraction_of_machine_peak",
+                )
+            }
+        )
+    )
     return 0

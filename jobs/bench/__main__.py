@@ -1,4 +1,5 @@
 """`python -m jobs.bench`."""
+
 from jobs.bench import main
 
 raise SystemExit(main())

@@ -1,4 +1,5 @@
 """Compute figures: MACs per audio second of the real modules, and this machine's matmul peak."""
+
 from __future__ import annotations
 
 from dataclasses import replace

@@ -1,4 +1,5 @@
 """The bench's typed config (configs/bench.yaml holds the same keys and defaults) and its targets."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,9 +7,19 @@ from dataclasses import dataclass, field
 from codecsep_core import SeparatorConfig
 
 # --quick: the same measurements on less data, in a few minutes.
-QUICK = ["batch_sizes=[1,8]", "repeats=2", "job_seconds=120", "job_actors=[1]", "job_repeats=1",
-         "length_seconds=[1,10,60]", "ingest_seconds=40", "matmul_size=1536", "quality.steps=60",
-         "waveform_max_batch=1", "speedup_batch=1"]
+QUICK = [
+    "batch_sizes=[1,8]",
+    "repeats=2",
+    "job_seconds=120",
+    "job_actors=[1]",
+    "job_repeats=1",
+    "length_seconds=[1,10,60]",
+    "ingest_seconds=40",
+    "matmul_size=1536",
+    "quality.steps=60",
+    "waveform_max_batch=1",
+    "speedup_batch=1",
+]
 TARGETS = {"x_realtime": 250.0, "short_vs_long": 0.9, "job_vs_bare_loop": 0.9}
 # A precision is "at equal quality" when its latent SNR vs the target source is within this
 # many dB of fp32's on the held-out set (docs/benchmarks.md, "The quality rule").

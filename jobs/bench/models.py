@@ -1,5 +1,6 @@
 """What every measurement shares: random-weight models of the real architectures, random
 clips, timing. Frame counts come from the codec's own info, never from constants."""
+
 from __future__ import annotations
 
 import time
@@ -28,7 +29,9 @@ class Models:
 
     def random_codes(self, n_clips: int, n_frames: int, gen: torch.Generator) -> list[torch.Tensor]:
         info = self.tables.info
-        return [torch.randint(0, info.codebook_size, (info.n_codebooks, n_frames), generator=gen) for _ in range(n_clips)]
+        return [
+            torch.randint(0, info.codebook_size, (info.n_codebooks, n_frames), generator=gen) for _ in range(n_clips)
+        ]
 
 
 def build_models(cfg: BenchConfig) -> Models:
@@ -45,9 +48,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def best_time(fn, repeats: int, device: torch.device = torch.device("cpu"), warmup: bool = True) -> float:
+def best_time(fn, repeats: int, device: torch.device | None = None, warmup: bool = True) -> float:
     """Minimum wall time of `repeats` calls after one warm-up: on a shared machine the
     minimum is the least disturbed estimate."""
+    device = device or torch.device("cpu")
     if warmup:
         fn()
         sync(device)

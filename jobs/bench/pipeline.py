@@ -1,6 +1,7 @@
 """The Ray jobs themselves: `separate` against the bare in-process loop on the same clips,
 and `ingest` on generated wav files. Job figures come from the job's own report (rows and
 audio seconds the job counted), never from the bench's config."""
+
 from __future__ import annotations
 
 import logging
@@ -31,17 +32,28 @@ def write_job_inputs(cfg: BenchConfig, m: Models, root: Path) -> dict:
 
     def write_shard(path: Path, ids: list[str], clips: list[np.ndarray]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table_from_columns({
-            "id": ids, "codes": codes_to_arrow(clips), "codec": [info.name] * len(ids),
-            "sample_rate": [info.sample_rate] * len(ids), "n_samples": [c.shape[1] * info.hop_length for c in clips],
-        }, CODE_SHARD_SCHEMA), path)
+        pq.write_table(
+            table_from_columns(
+                {
+                    "id": ids,
+                    "codes": codes_to_arrow(clips),
+                    "codec": [info.name] * len(ids),
+                    "sample_rate": [info.sample_rate] * len(ids),
+                    "n_samples": [c.shape[1] * info.hop_length for c in clips],
+                },
+                CODE_SHARD_SCHEMA,
+            ),
+            path,
+        )
 
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     n_clips = max(cfg.job_shards, round(cfg.job_seconds / cfg.clip_seconds))
     n = m.frames(cfg.clip_seconds)
     clips = [c.numpy().astype(np.uint16) for c in m.random_codes(n_clips, n, gen)]
     for s, part in enumerate(np.array_split(np.arange(n_clips), cfg.job_shards)):
-        write_shard(root / "shards" / f"shard-{s:03d}.parquet", [f"clip-{i:05d}" for i in part], [clips[i] for i in part])
+        write_shard(
+            root / "shards" / f"shard-{s:03d}.parquet", [f"clip-{i:05d}" for i in part], [clips[i] for i in part]
+        )
     warmup = [c.numpy().astype(np.uint16) for c in m.random_codes(cfg.job_batch_size, n, gen)]
     write_shard(root / "warmup" / "shard-000.parquet", [f"warmup-{i:05d}" for i in range(len(warmup))], warmup)
     save_masker(m.masker, root / "masker.safetensors")
@@ -85,10 +97,16 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
 
         def job(src: str, dst: str, actors: int) -> SeparateConfig:
             return SeparateConfig(
-                input=str(root / src), output=str(root / dst), prompts=inputs["prompts"],
-                masker=str(root / "masker.safetensors"), codec_tables=str(root / "tables.safetensors"),
-                prompt_table=str(root / "prompts.parquet"), separator=cfg.separator,
-                ray=RayOptions(num_actors=actors, num_cpus_per_actor=cfg.job_cpus / actors, batch_size=cfg.job_batch_size),
+                input=str(root / src),
+                output=str(root / dst),
+                prompts=inputs["prompts"],
+                masker=str(root / "masker.safetensors"),
+                codec_tables=str(root / "tables.safetensors"),
+                prompt_table=str(root / "prompts.parquet"),
+                separator=cfg.separator,
+                ray=RayOptions(
+                    num_actors=actors, num_cpus_per_actor=cfg.job_cpus / actors, batch_size=cfg.job_batch_size
+                ),
             )
 
         sep.separate(batches[0], prompts)  # warm-up
@@ -100,22 +118,36 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
             for actors in cfg.job_actors:
                 report = run(job("shards", f"out-{actors}-{repeat}", actors))
                 audio_s = report.audio_hours * 3600 * cfg.n_prompts  # per prompt, as x-realtime is
-                runs.append({
-                    "actors": actors, "cpus_per_actor": cfg.job_cpus / actors, "wall_s": report.wall_s,
-                    "rows_in": report.rows_in, "rows_out": report.rows_out, "errors": report.errors,
-                    "audio_seconds": audio_s, "x_realtime": audio_s / report.wall_s,
-                    "outside_compute_s": outside_compute_s(report, actors),
-                    "peak_actor_rss_mb": report.extra.get("peak_actor_rss_mb"), "stages_s": report.stages_s,
-                })
+                runs.append(
+                    {
+                        "actors": actors,
+                        "cpus_per_actor": cfg.job_cpus / actors,
+                        "wall_s": report.wall_s,
+                        "rows_in": report.rows_in,
+                        "rows_out": report.rows_out,
+                        "errors": report.errors,
+                        "audio_seconds": audio_s,
+                        "x_realtime": audio_s / report.wall_s,
+                        "outside_compute_s": outside_compute_s(report, actors),
+                        "peak_actor_rss_mb": report.extra.get("peak_actor_rss_mb"),
+                        "stages_s": report.stages_s,
+                    }
+                )
                 log.info("job: %s", runs[-1])
     fastest = [min((r for r in runs if r["actors"] == a), key=lambda r: r["wall_s"]) for a in cfg.job_actors]
     best = max(fastest, key=lambda r: r["x_realtime"])
     audio_s = best["audio_seconds"]
-    return {"clips_written": len(clips), "audio_seconds": audio_s, "bare_loop_s": min(bare),
-            "bare_loop_x_realtime": audio_s / min(bare), "bare_loop_s_repeats": bare,
-            "wall_s_repeats": {a: [r["wall_s"] for r in runs if r["actors"] == a] for a in cfg.job_actors},
-            "cold_start_s": outside_compute_s(cold, 1), "runs": fastest,
-            "job_vs_bare_loop": best["x_realtime"] / (audio_s / min(bare))}
+    return {
+        "clips_written": len(clips),
+        "audio_seconds": audio_s,
+        "bare_loop_s": min(bare),
+        "bare_loop_x_realtime": audio_s / min(bare),
+        "bare_loop_s_repeats": bare,
+        "wall_s_repeats": {a: [r["wall_s"] for r in runs if r["actors"] == a] for a in cfg.job_actors},
+        "cold_start_s": outside_compute_s(cold, 1),
+        "runs": fastest,
+        "job_vs_bare_loop": best["x_realtime"] / (audio_s / min(bare)),
+    }
 
 
 def measure_ingest(cfg: BenchConfig, m: Models) -> dict:
@@ -135,10 +167,22 @@ def measure_ingest(cfg: BenchConfig, m: Models) -> dict:
             audio = 0.1 * gen.standard_normal(int(cfg.clip_seconds * rate)).astype(np.float32)
             sf.write(root / "audio" / f"clip-{i:04d}.wav", audio, rate)
         m.dac.save(str(root / "dac.pth"), package=False)
-        report = run(IngestConfig(input=str(root / "audio"), output=str(root / "shards"), codec_weights=str(root / "dac.pth"),
-                                  ray=RayOptions(num_actors=1, num_cpus_per_actor=2.0, batch_size=4)))
+        report = run(
+            IngestConfig(
+                input=str(root / "audio"),
+                output=str(root / "shards"),
+                codec_weights=str(root / "dac.pth"),
+                ray=RayOptions(num_actors=1, num_cpus_per_actor=2.0, batch_size=4),
+            )
+        )
     audio_s = report.audio_hours * 3600
     encode_s = report.stages_s.get("actors_encode", 0.0)
-    return {"files": n_clips, "rows_out": report.rows_out, "audio_seconds": audio_s, "wall_s": report.wall_s,
-            "x_realtime": audio_s / report.wall_s, "encode_only_x_realtime": audio_s / encode_s if encode_s else None,
-            "errors": report.errors}
+    return {
+        "files": n_clips,
+        "rows_out": report.rows_out,
+        "audio_seconds": audio_s,
+        "wall_s": report.wall_s,
+        "x_realtime": audio_s / report.wall_s,
+        "encode_only_x_realtime": audio_s / encode_s if encode_s else None,
+        "errors": report.errors,
+    }

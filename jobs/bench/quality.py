@@ -8,6 +8,7 @@ briefly trained masker, the latent SNR of its output codes against the target so
 is "at equal quality" when that SNR is within `EQUAL_QUALITY_DB` of fp32's. The SNR of
 its output latent against fp32's and code agreement are reported beside it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codecsep_core import CodecTables, Masker, MaskerConfig, Separator, SeparatorConfig
-from codecsep_core import training
+from codecsep_core import CodecTables, Masker, MaskerConfig, Separator, SeparatorConfig, training
 from jobs import synthetic
 from jobs.bench.config import EQUAL_QUALITY_DB, QualityConfig
 from jobs.bench.models import code_agreement
@@ -58,8 +58,9 @@ def build_quality_set(cfg: QualityConfig, seed: int = 0) -> QualitySet:
     from codecsep_core.dac_codec import DacCodec, load_dac
 
     with tempfile.TemporaryDirectory(prefix="codecsep-quality-") as tmp:
-        weights = synthetic.fitted_random_codec(Path(tmp) / "codec.pth", seed=seed, per_kind=cfg.codec_fit_per_kind,
-                                                seconds=cfg.clip_seconds)
+        weights = synthetic.fitted_random_codec(
+            Path(tmp) / "codec.pth", seed=seed, per_kind=cfg.codec_fit_per_kind, seconds=cfg.clip_seconds
+        )
         codec = DacCodec(load_dac(weights))
     tables = CodecTables.from_dac_model(codec.model)
     rate = codec.info.sample_rate
@@ -77,8 +78,15 @@ def build_quality_set(cfg: QualityConfig, seed: int = 0) -> QualitySet:
     return QualitySet(tables, masker.eval(), prompts, list(mixtures), list(targets), losses)
 
 
-def _train(masker: Masker, tables: CodecTables, prompts: torch.Tensor, mix: torch.Tensor, targets: torch.Tensor,
-           cfg: QualityConfig, seed: int) -> list[float]:
+def _train(
+    masker: Masker,
+    tables: CodecTables,
+    prompts: torch.Tensor,
+    mix: torch.Tensor,
+    targets: torch.Tensor,
+    cfg: QualityConfig,
+    seed: int,
+) -> list[float]:
     """`cfg.steps` optimiser steps on random (mixture, kind) rows of the training set."""
     optimizer = training.make_optimizer(masker, lr=cfg.lr)
     rng = np.random.default_rng(seed)
@@ -90,17 +98,23 @@ def _train(masker: Masker, tables: CodecTables, prompts: torch.Tensor, mix: torc
         z_mix, z_target = tables.lookup(mix[m]), tables.lookup(targets[m, k])
         cond = prompts[k]
 
-        def loss():
+        def loss(z_mix=z_mix, z_target=z_target, cond=cond):
             return -training.latent_snr(masker(z_mix, cond) * z_mix, z_target).mean()
 
         losses.append(training.train_step(masker, optimizer, loss)["loss"])
-    log.info("quality masker (%s): loss %.2f -> %.2f over %d steps", masker.config.n_layers, losses[0], losses[-1],
-             cfg.steps)
+    log.info(
+        "quality masker (%d layers): loss %.2f -> %.2f over %d steps",
+        masker.config.n_layers,
+        losses[0],
+        losses[-1],
+        cfg.steps,
+    )
     return losses
 
 
-def measure_quality(q: QualitySet, precisions: list[str], separator: SeparatorConfig,
-                    device: torch.device = torch.device("cpu")) -> dict:
+def measure_quality(
+    q: QualitySet, precisions: list[str], separator: SeparatorConfig, device: torch.device | None = None
+) -> dict:
     """Per precision: latent SNR of the output codes vs the target source (mean over held-out
     rows, every kind's prompt on every mixture), SNR of its output latent vs fp32's, code
     agreement with fp32, and whether it is at equal quality. Also the identity mask's SNR,
@@ -112,7 +126,7 @@ def measure_quality(q: QualitySet, precisions: list[str], separator: SeparatorCo
     z_target = q.tables.lookup(targets)
     outputs = {}
     for precision in precisions:
-        sep = Separator(q.tables, q.masker.to(device), replace(separator, precision=precision))
+        sep = Separator(q.tables, q.masker.to(device or "cpu"), replace(separator, precision=precision))
         results = sep.separate(q.mixtures, q.prompts)
         outputs[precision] = torch.cat([r.codes.long() for r in results], dim=-1)
     q.masker.to("cpu")
@@ -130,5 +144,8 @@ def measure_quality(q: QualitySet, precisions: list[str], separator: SeparatorCo
 
 def _vs_fp32(codes: torch.Tensor, reference: torch.Tensor, tables: CodecTables) -> dict:
     agree = code_agreement([codes], [reference], tables)
-    return {"snr_vs_fp32_db": agree["latent_snr_db"], "code_agreement": agree["code_agreement"],
-            "frame_agreement": agree["frame_agreement"]}
+    return {
+        "snr_vs_fp32_db": agree["latent_snr_db"],
+        "code_agreement": agree["code_agreement"],
+        "frame_agreement": agree["frame_agreement"],
+    }

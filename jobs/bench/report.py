@@ -1,4 +1,5 @@
 """Headline figures, the PASS/FAIL table and the Markdown page, from the measured rows only."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ def summarize(res: dict) -> dict:
     flops_per_audio_s = 2e9 * macs["separator_gmacs_per_audio_second"]
 
     def row(route, batch):
-        return next((r for r in speed if r["route"] == route and r["precision"] == "fp32" and r["batch"] == batch
-                     and r["device"] == "cpu"), None)
+        return next(
+            (
+                r
+                for r in speed
+                if r["route"] == route and r["precision"] == "fp32" and r["batch"] == batch and r["device"] == "cpu"
+            ),
+            None,
+        )
 
     codes, wave = row("codes", res["config"]["speedup_batch"]), row("waveform", res["config"]["speedup_batch"])
     out = {
@@ -34,9 +41,10 @@ def summarize(res: dict) -> dict:
         "codes_vs_waveform_speedup": wave["seconds"] / codes["seconds"] if codes and wave else None,
     }
     out["targets"] = {
-        f"separator x-realtime at equal quality >= {TARGETS['x_realtime']:g} (CPU)":
-            out["separator_x_realtime"] >= TARGETS["x_realtime"],
-        f"short-clip / long-clip throughput >= {TARGETS['short_vs_long']:g}": out["short_vs_long"] >= TARGETS["short_vs_long"],
+        f"separator x-realtime at equal quality >= {TARGETS['x_realtime']:g} (CPU)": out["separator_x_realtime"]
+        >= TARGETS["x_realtime"],
+        f"short-clip / long-clip throughput >= {TARGETS['short_vs_long']:g}": out["short_vs_long"]
+        >= TARGETS["short_vs_long"],
         f"job vs bare loop >= {TARGETS['job_vs_bare_loop']:g}": out["job_vs_bare_loop"] >= TARGETS["job_vs_bare_loop"],
         "separator MACs <= published masker's": macs["separator_gmacs_per_audio_second"]
         <= macs["published_masker_gmacs_per_audio_second"],
@@ -55,65 +63,163 @@ def _table(headers: list[str], rows: list[list]) -> list[str]:
 
 def to_markdown(res: dict) -> str:
     s, macs, job, cfg, q = res["summary"], res["macs"], res["job"], res["config"], res["quality"]
-    best, short = s["separator_fastest_equal_quality"], res["short_clips"]
-    lines = [f"Machine: {res['machine']}. Random-weight DAC and `{cfg['masker_preset']}` masker for speed "
-             "(real architectures; no weights can be downloaded). All ratios from this one run; times are the "
-             "minimum of the repeats.", "", "**Targets**", ""]
-    lines += _table(["target", "measured", "result"], [
-        [k, v, "PASS" if ok else "FAIL"] for (k, ok), v in zip(s["targets"].items(), [
-            s["separator_x_realtime"], s["short_vs_long"], s["job_vs_bare_loop"],
-            f"{macs['separator_gmacs_per_audio_second']:.3f} vs {macs['published_masker_gmacs_per_audio_second']:.3f}"])])
+    best, short, fastest = s["separator_fastest_equal_quality"], res["short_clips"], s["separator_fastest"]
+    lines = [
+        f"Machine: {res['machine']}. Random-weight DAC and `{cfg['masker_preset']}` masker for speed "
+        "(real architectures; no weights can be downloaded). All ratios from this one run; times are the "
+        "minimum of the repeats.",
+        "",
+        "**Targets**",
+        "",
+    ]
+    lines += _table(
+        ["target", "measured", "result"],
+        [
+            [k, v, "PASS" if ok else "FAIL"]
+            for (k, ok), v in zip(
+                s["targets"].items(),
+                [
+                    s["separator_x_realtime"],
+                    s["short_vs_long"],
+                    s["job_vs_bare_loop"],
+                    "{:.3f} vs {:.3f}".format(
+                        macs["separator_gmacs_per_audio_second"], macs["published_masker_gmacs_per_audio_second"]
+                    ),
+                ],
+            )
+        ],
+    )
     lines += ["", "**Headline**", ""]
-    lines += _table(["figure", "value"], [
-        [f"separator x-realtime at equal quality ({best['precision']}, batch {best['batch']})", s["separator_x_realtime"]],
-        [f"fastest configuration ({s['separator_fastest']['precision']}, batch {s['separator_fastest']['batch']})",
-         s["separator_fastest"]["x_realtime"]],
-        ["fraction of the matmul peak in its dtype", s["fraction_of_machine_peak"]],
-        ["x-realtime ceiling at matmul peak (" + " / ".join(s["x_realtime_ceiling"]) + ")",
-         " / ".join(f"{v:.0f}" for v in s["x_realtime_ceiling"].values())],
-        [f"short-clip / long-clip throughput ({short['precision']}, {short['short_clips']} x "
-         f"{short['short_clip_seconds']:g} s vs {short['long_clips']} x {short['long_clip_seconds']:g} s)",
-         s["short_vs_long"]],
-        ["job vs bare loop", s["job_vs_bare_loop"]],
-        [f"codes vs waveform route (fp32, batch {cfg['speedup_batch']}; reported, not a target)",
-         s["codes_vs_waveform_speedup"] if s["codes_vs_waveform_speedup"] is not None else "n/a"],
-    ])
+    lines += _table(
+        ["figure", "value"],
+        [
+            [
+                f"separator x-realtime at equal quality ({best['precision']}, batch {best['batch']})",
+                s["separator_x_realtime"],
+            ],
+            [
+                f"fastest configuration ({fastest['precision']}, batch {fastest['batch']})",
+                s["separator_fastest"]["x_realtime"],
+            ],
+            ["fraction of the matmul peak in its dtype", s["fraction_of_machine_peak"]],
+            [
+                "x-realtime ceiling at matmul peak (" + " / ".join(s["x_realtime_ceiling"]) + ")",
+                " / ".join(f"{v:.0f}" for v in s["x_realtime_ceiling"].values()),
+            ],
+            [
+                f"short-clip / long-clip throughput ({short['precision']}, {short['short_clips']} x "
+                f"{short['short_clip_seconds']:g} s vs {short['long_clips']} x {short['long_clip_seconds']:g} s)",
+                s["short_vs_long"],
+            ],
+            ["job vs bare loop", s["job_vs_bare_loop"]],
+            [
+                f"codes vs waveform route (fp32, batch {cfg['speedup_batch']}; reported, not a target)",
+                s["codes_vs_waveform_speedup"] if s["codes_vs_waveform_speedup"] is not None else "n/a",
+            ],
+        ],
+    )
     qc = cfg["quality"]
-    lines += ["", f"**Precision at equal quality** (`{qc['preset']}` masker trained {qc['steps']} steps on synthetic "
-              f"mixtures, fitted codec, {qc['heldout_mixtures']} held-out mixtures x every prompt; identity mask "
-              f"{q['identity_snr_db']:.2f} dB; equal quality: latent SNR vs target within {EQUAL_QUALITY_DB} dB "
-              "of fp32's)", ""]
-    lines += _table(["precision", "latent SNR vs target dB", "SNR vs fp32 dB", "code agreement", "frame agreement",
-                     "equal quality"],
-                    [[p, r["snr_vs_target_db"], r["snr_vs_fp32_db"], r["code_agreement"], r["frame_agreement"],
-                      "yes" if r["equal_quality"] else "no"] for p, r in q["precisions"].items()])
+    lines += [
+        "",
+        f"**Precision at equal quality** (`{qc['preset']}` masker trained {qc['steps']} steps on synthetic "
+        f"mixtures, fitted codec, {qc['heldout_mixtures']} held-out mixtures x every prompt; identity mask "
+        f"{q['identity_snr_db']:.2f} dB; equal quality: latent SNR vs target within {EQUAL_QUALITY_DB} dB "
+        "of fp32's)",
+        "",
+    ]
+    lines += _table(
+        [
+            "precision",
+            "latent SNR vs target dB",
+            "SNR vs fp32 dB",
+            "code agreement",
+            "frame agreement",
+            "equal quality",
+        ],
+        [
+            [
+                p,
+                r["snr_vs_target_db"],
+                r["snr_vs_fp32_db"],
+                r["code_agreement"],
+                r["frame_agreement"],
+                "yes" if r["equal_quality"] else "no",
+            ]
+            for p, r in q["precisions"].items()
+        ],
+    )
     lines += ["", "**Compute** (GMAC per second of audio, counted with torch's FLOP counter, attention included)", ""]
-    lines += _table(["part", "GMAC/s"], [[k.replace("_gmacs_per_audio_second", ""), v] for k, v in macs.items()
-                                         if k.endswith("_gmacs_per_audio_second")])
+    lines += _table(
+        ["part", "GMAC/s"],
+        [
+            [k.replace("_gmacs_per_audio_second", ""), v]
+            for k, v in macs.items()
+            if k.endswith("_gmacs_per_audio_second")
+        ],
+    )
     lines += ["", "**Speed** per %g s clip, %d prompt(s)" % (cfg["clip_seconds"], cfg["n_prompts"]), ""]
-    lines += _table(["route", "device", "precision", "batch", "s/clip", "x-realtime"],
-                    [[r["route"], r["device"], r["precision"], r["batch"], r["s_per_clip"], r["x_realtime"]]
-                     for r in res["speed"]])
-    lines += ["", "**Fast path, step by step** (masker only, %d windows x %d prompts)" % (
-        cfg["speedup_batch"], cfg["ablation_prompts"]), ""]
-    lines += _table(["step", "s", "x-realtime", "frame agreement vs published"],
-                    [[r["step"], r["seconds"], r["x_realtime"], r["frame_agreement"]] for r in res["ablation"]])
-    lines += ["", "**Separation job** (embedded Ray, %d clips, %.0f s audio as the job counted it; bare loop %.1fx "
-              "realtime; a driver's first job also pays %.1f s of one-time set-up, not in these runs)" % (
-                  job["clips_written"], job["audio_seconds"], job["bare_loop_x_realtime"], job["cold_start_s"]), ""]
-    lines += _table(["actors", "CPUs/actor", "rows out", "wall s", "x-realtime", "vs bare loop",
-                     "s outside actor compute", "peak actor RSS MB"],
-                    [[r["actors"], r["cpus_per_actor"], r["rows_out"], r["wall_s"], r["x_realtime"],
-                      r["x_realtime"] / job["bare_loop_x_realtime"], r["outside_compute_s"], r["peak_actor_rss_mb"]]
-                     for r in job["runs"]])
+    lines += _table(
+        ["route", "device", "precision", "batch", "s/clip", "x-realtime"],
+        [[r["route"], r["device"], r["precision"], r["batch"], r["s_per_clip"], r["x_realtime"]] for r in res["speed"]],
+    )
+    lines += [
+        "",
+        "**Fast path, step by step** (masker only, %d windows x %d prompts)"
+        % (cfg["speedup_batch"], cfg["ablation_prompts"]),
+        "",
+    ]
+    lines += _table(
+        ["step", "s", "x-realtime", "frame agreement vs published"],
+        [[r["step"], r["seconds"], r["x_realtime"], r["frame_agreement"]] for r in res["ablation"]],
+    )
+    lines += [
+        "",
+        "**Separation job** (embedded Ray, %d clips, %.0f s audio as the job counted it; bare loop %.1fx "
+        "realtime; a driver's first job also pays %.1f s of one-time set-up, not in these runs)"
+        % (job["clips_written"], job["audio_seconds"], job["bare_loop_x_realtime"], job["cold_start_s"]),
+        "",
+    ]
+    lines += _table(
+        [
+            "actors",
+            "CPUs/actor",
+            "rows out",
+            "wall s",
+            "x-realtime",
+            "vs bare loop",
+            "s outside actor compute",
+            "peak actor RSS MB",
+        ],
+        [
+            [
+                r["actors"],
+                r["cpus_per_actor"],
+                r["rows_out"],
+                r["wall_s"],
+                r["x_realtime"],
+                r["x_realtime"] / job["bare_loop_x_realtime"],
+                r["outside_compute_s"],
+                r["peak_actor_rss_mb"],
+            ]
+            for r in job["runs"]
+        ],
+    )
     ing = res["ingest"]
-    lines += ["", "**Ingest job** (embedded Ray, 1 actor x 2 CPUs, %d wav files, %.0f s audio, half resampled from "
-              "44.1 kHz)" % (ing["files"], ing["audio_seconds"]), ""]
-    lines += _table(["wall s", "audio s per wall s", "encode only"],
-                    [[ing["wall_s"], ing["x_realtime"], ing["encode_only_x_realtime"]]])
+    lines += [
+        "",
+        "**Ingest job** (embedded Ray, 1 actor x 2 CPUs, %d wav files, %.0f s audio, half resampled from "
+        "44.1 kHz)" % (ing["files"], ing["audio_seconds"]),
+        "",
+    ]
+    lines += _table(
+        ["wall s", "audio s per wall s", "encode only"],
+        [[ing["wall_s"], ing["x_realtime"], ing["encode_only_x_realtime"]]],
+    )
     lines += ["", "**Time vs clip length** (one clip, in-process, %s)" % cfg["separator"]["precision"], ""]
-    lines += _table(["audio s", "wall s", "x-realtime"],
-                    [[r["seconds_audio"], r["seconds"], r["x_realtime"]] for r in res["lengths"]])
+    lines += _table(
+        ["audio s", "wall s", "x-realtime"],
+        [[r["seconds_audio"], r["seconds"], r["x_realtime"]] for r in res["lengths"]],
+    )
     return "\n".join(lines) + "\n"
 
 

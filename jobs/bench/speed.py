@@ -1,5 +1,6 @@
 """Speed of the separator in-process: codes route vs waveform route, short vs long clips,
 the fast path step by step, time vs clip length."""
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,16 @@ def waveform_route(m: Models, codes: list[torch.Tensor], prompts: torch.Tensor, 
 
 
 def speed_row(route: str, device: str, precision: str, batch: int, seconds: float, audio_s: float, **extra) -> dict:
-    return {"route": route, "device": device, "precision": precision, "batch": batch, "seconds": seconds,
-            "s_per_clip": seconds / batch, "x_realtime": audio_s / seconds, **extra}
+    return {
+        "route": route,
+        "device": device,
+        "precision": precision,
+        "batch": batch,
+        "seconds": seconds,
+        "s_per_clip": seconds / batch,
+        "x_realtime": audio_s / seconds,
+        **extra,
+    }
 
 
 def measure_speed(cfg: BenchConfig, m: Models) -> list[dict]:
@@ -51,8 +60,11 @@ def measure_speed(cfg: BenchConfig, m: Models) -> list[dict]:
             if batch <= cfg.waveform_max_batch:
                 with torch.inference_mode():
                     # Only the smallest batch warms up: a warm-up at batch 8 would cost ~40 s.
-                    t = best_time(lambda: waveform_route(m, clips[:batch], prompts, PRECISIONS[precision]),
-                                  cfg.waveform_repeats, warmup=batch == min(cfg.batch_sizes))
+                    t = best_time(
+                        lambda: waveform_route(m, clips[:batch], prompts, PRECISIONS[precision]),
+                        cfg.waveform_repeats,
+                        warmup=batch == min(cfg.batch_sizes),
+                    )
                 rows.append(speed_row("waveform", "cpu", precision, batch, t, audio_s))
                 log.info("speed: %s", rows[-1])
     return rows
@@ -78,10 +90,16 @@ def measure_short_clips(cfg: BenchConfig, m: Models, precision: str) -> dict:
             times[name].append(time.perf_counter() - t0)
     audio = {"long": m.seconds(long_n * len(long_clips)), "short": m.seconds(short_n * len(short_clips))}
     x_rt = {k: audio[k] * cfg.n_prompts / min(v) for k, v in times.items()}
-    out = {"precision": precision, "long_clip_seconds": m.seconds(long_n), "short_clip_seconds": m.seconds(short_n),
-           "long_clips": len(long_clips), "short_clips": len(short_clips),
-           "long_x_realtime": x_rt["long"], "short_x_realtime": x_rt["short"],
-           "short_vs_long": x_rt["short"] / x_rt["long"]}
+    out = {
+        "precision": precision,
+        "long_clip_seconds": m.seconds(long_n),
+        "short_clip_seconds": m.seconds(short_n),
+        "long_clips": len(long_clips),
+        "short_clips": len(short_clips),
+        "long_x_realtime": x_rt["long"],
+        "short_x_realtime": x_rt["short"],
+        "short_vs_long": x_rt["short"] / x_rt["long"],
+    }
     log.info("short clips: %s", out)
     return out
 
@@ -107,9 +125,11 @@ def measure_ablation(cfg: BenchConfig, m: Models) -> list[dict]:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return m.masker(z, prompts, all_prompts=True).float()
 
-    steps = [("published layer order, ch_down per (window, prompt)", False, per_pair),
-             ("+ folded linear tail (weight norm folded once)", True, per_pair),
-             ("+ ch_down once per window", True, once_per_window)]
+    steps = [
+        ("published layer order, ch_down per (window, prompt)", False, per_pair),
+        ("+ folded linear tail (weight norm folded once)", True, per_pair),
+        ("+ ch_down once per window", True, once_per_window),
+    ]
     if "bf16" in cfg.precisions:
         steps.append(("+ bf16 autocast", True, bf16))
     rows, reference = [], None
@@ -120,8 +140,9 @@ def measure_ablation(cfg: BenchConfig, m: Models) -> list[dict]:
             t = best_time(fn, cfg.repeats)
             out = m.tables.quantize(fn() * z_rep)
             reference = out if reference is None else reference
-            rows.append({"step": name, "seconds": t, "x_realtime": audio / t,
-                         **code_agreement([out], [reference], m.tables)})
+            rows.append(
+                {"step": name, "seconds": t, "x_realtime": audio / t, **code_agreement([out], [reference], m.tables)}
+            )
             log.info("ablation: %s", rows[-1])
     m.masker.fold_tail = True
     return rows
@@ -154,11 +175,15 @@ def measure_gpu(cfg: BenchConfig, m: Models, device: torch.device) -> list[dict]
         if compiled:
             masker._from_width = torch.compile(masker._from_width, mode="reduce-overhead", dynamic=False)
         for precision in ("fp32", "bf16", "fp16"):
-            for batch in cfg.gpu_batch_windows:
+            # Compiled: the largest batch only (each shape and dtype compiles anew).
+            for batch in cfg.gpu_batch_windows[-1:] if compiled else cfg.gpu_batch_windows:
                 sep = Separator(m.tables, masker, replace(cfg.separator, precision=precision, batch_windows=batch))
                 t = best_time(lambda: sep.separate(clips[:batch], prompts), cfg.repeats, device)
-                rows.append(speed_row("codes", "cuda", precision, batch, t, batch * m.seconds(n) * cfg.n_prompts,
-                                      compiled=compiled))
+                rows.append(
+                    speed_row(
+                        "codes", "cuda", precision, batch, t, batch * m.seconds(n) * cfg.n_prompts, compiled=compiled
+                    )
+                )
                 log.info("gpu: %s", rows[-1])
     del masker._from_width
     m.masker.to("cpu")

@@ -226,3 +226,17 @@ def test_pack_windows_fills_rows_and_keeps_window_order():
             spans = sorted((s.offset, s.offset + s.window.length) for s in b if s.row == row)
             assert spans[-1][1] <= 100 and all(a[1] <= c[0] for a, c in itertools.pairwise(spans))
     assert len(batches) < len(windows) / 2
+
+
+def test_precisions_share_one_masker_in_any_order(tables, prompts):
+    """A bf16 separator and then an fp32 one on the same masker: the folded tail cached by
+    the first serves the second (it is folded in the weights' dtype, not autocast's)."""
+    torch.manual_seed(0)
+    masker = Masker(MaskerConfig.preset("tiny")).eval()
+    clip = [rand_codes(60, 9)]
+    bf16 = Separator(tables, masker, SeparatorConfig(precision="bf16")).separate(clip, prompts)[0]
+    fp32 = Separator(tables, masker, SeparatorConfig(precision="fp32")).separate(clip, prompts)[0]
+    assert bf16.codes.shape == fp32.codes.shape
+    torch.manual_seed(0)
+    reference = Separator(tables, Masker(MaskerConfig.preset("tiny")).eval()).separate(clip, prompts)[0]
+    assert torch.equal(fp32.codes, reference.codes)

@@ -47,3 +47,22 @@ class LostMachine:
 @pytest.fixture
 def lost_machine():
     return LostMachine()
+
+
+@pytest.fixture(scope="session")
+def tiny_quality():
+    """Bench overrides: the quality rule's held-out set in a size for tests."""
+    return ["quality.preset=tiny", "quality.train_mixtures=10", "quality.heldout_mixtures=2",
+            "quality.clip_seconds=1.0", "quality.codec_fit_per_kind=4", "quality.lr=0.002"]
+
+
+@pytest.fixture(scope="session")
+def quality_set(tiny_quality):
+    """The `tiny` masker trained on synthetic mixtures with a fitted codec, and held-out
+    mixtures (cached for the session: the codec fit and the encoding dominate)."""
+    from jobs import config as job_config
+    from jobs.bench.config import BenchConfig
+    from jobs.bench.quality import build_quality_set
+
+    cfg = job_config.load_config(BenchConfig, None, [*tiny_quality, "quality.steps=150"])
+    return build_quality_set(cfg.quality)

@@ -1,68 +1,95 @@
-"""`codecsep bench` in a tiny mode: every required figure is present, finite, positive, and
-the ratios are the ones the measured times give. Speed targets are not asserted here
-(machines are noisy); the benchmark output reports PASS/FAIL against them."""
+"""`codecsep bench` in a tiny mode, and the quality rule that decides which precision the
+bench may call "at equal quality". Speed targets are not asserted here (machines are
+noisy); the benchmark output reports PASS/FAIL against them."""
+
 import json
 import math
 
 import pytest
 import torch
 
-from codecsep_core import Masker, MaskerConfig
+from codecsep_core import Masker, MaskerConfig, SeparatorConfig
 
 TINY = [
-    "masker_preset=tiny", "clip_seconds=1", "batch_sizes=[1,2]", "speedup_batch=2", "waveform_max_batch=2",
-    "repeats=1", "ablation_prompts=2", "job_seconds=4", "job_shards=2", "job_actors=[1]", "job_repeats=1", "job_cpus=1",
-    "job_batch_size=2", "length_seconds=[1,2]", "ingest_seconds=2", "matmul_size=256", "docs=null",
+    "masker_preset=tiny",
+    "clip_seconds=1",
+    "short_clip_seconds=0.2",
+    "batch_sizes=[1,2]",
+    "speedup_batch=2",
+    "waveform_max_batch=2",
+    "repeats=1",
+    "ablation_prompts=2",
+    "job_seconds=4",
+    "job_shards=2",
+    "job_actors=[1]",
+    "job_repeats=1",
+    "job_cpus=1",
+    "job_batch_size=2",
+    "length_seconds=[1,2]",
+    "ingest_seconds=2",
+    "matmul_size=256",
+    "docs=null",
+    "quality.steps=20",
 ]
-REQUIRED = ["codes_vs_waveform_speedup", "separator_gmacs_per_audio_second", "separator_x_realtime",
-            "job_vs_bare_loop", "fraction_of_machine_peak"]
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(tmp_path_factory, tiny_quality):
     import os
 
     from jobs import bench
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     out = tmp_path_factory.mktemp("bench")
-    assert bench.main(["--output", str(out), *TINY]) == 0
+    assert bench.main(["--output", str(out), *TINY, *tiny_quality]) == 0
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 
-def speed_row(res, route, precision, batch):
-    (row,) = [r for r in res["speed"] if (r["route"], r["precision"], r["batch"], r["device"]) == (route, precision, batch, "cpu")]
-    return row
+def test_bf16_holds_the_quality_rule_on_held_out_mixtures(quality_set):
+    """The rule means something (the trained masker beats the identity mask) and bf16 meets
+    it: its separation is within 0.1 dB of fp32's, although some codes differ."""
+    from jobs.bench.quality import measure_quality
+
+    q = measure_quality(quality_set, ["fp32", "bf16"], SeparatorConfig())
+    fp32, bf16 = q["precisions"]["fp32"], q["precisions"]["bf16"]
+    assert fp32["snr_vs_target_db"] > q["identity_snr_db"] + 1.0, q
+    assert bf16["equal_quality"] and abs(bf16["snr_vs_target_db"] - fp32["snr_vs_target_db"]) <= 0.1, q
+    assert bf16["snr_vs_fp32_db"] > 15.0, q
 
 
-def test_required_figures_are_positive_and_finite(bench):
+def test_bench_reports_every_target_from_this_run(bench):
     res, markdown = bench
-    for key in REQUIRED:
+    for key in (
+        "separator_x_realtime",
+        "short_vs_long",
+        "job_vs_bare_loop",
+        "separator_gmacs_per_audio_second",
+        "fraction_of_machine_peak",
+    ):
         assert math.isfinite(res[key]) and res[key] > 0, key
-    for key, value in res["macs"].items():
-        if key.endswith("gmacs_per_audio_second") and not key.startswith("lookup"):
-            assert value > 0, key
-    assert all(v > 0 for v in res["matmul_peak_gflops"].values())
-    assert "| target | result |" in markdown and ("PASS" in markdown or "FAIL" in markdown)
+    assert len(res["summary"]["targets"]) == 4
+    assert markdown.count("PASS") + markdown.count("FAIL") == 4
+    assert "Precision at equal quality" in markdown and "short-clip / long-clip" in markdown
 
 
-def test_ratios_are_computed_from_the_measured_times(bench):
+def test_headline_speed_is_a_measured_configuration_at_equal_quality(bench):
     res, _ = bench
-    codes, wave = speed_row(res, "codes", "fp32", 2), speed_row(res, "waveform", "fp32", 2)
-    assert res["codes_vs_waveform_speedup"] == pytest.approx(wave["seconds"] / codes["seconds"])
-    best = res["summary"]["separator_fastest_agreeing"]
-    assert res["separator_x_realtime"] == pytest.approx(speed_row(res, "codes", best["precision"], best["batch"])["x_realtime"])
+    best = res["summary"]["separator_fastest_equal_quality"]
+    assert res["quality"]["precisions"][best["precision"]]["equal_quality"]
+    measured = [r["x_realtime"] for r in res["speed"] if r["route"] == "codes"]
+    assert res["separator_x_realtime"] in measured and res["separator_x_realtime"] <= max(measured)
+
+
+def test_job_figures_come_from_the_job(bench):
+    """Rows and audio the job counted: every clip written comes out once per prompt."""
+    res, _ = bench
     job = res["job"]
-    assert res["job_vs_bare_loop"] == pytest.approx(max(r["x_realtime"] for r in job["runs"]) / job["bare_loop_x_realtime"])
-    assert job["runs"][0]["rows_out"] == job["clips"] and job["runs"][0]["peak_actor_rss_mb"] > 0
-    ingest = res["ingest"]
-    assert (ingest["files"], ingest["errors"]) == (2, 0)
-    assert ingest["x_realtime"] == pytest.approx(ingest["audio_seconds"] / ingest["wall_s"])
-    for key, config in (("fraction_of_machine_peak", "separator_fastest_agreeing"),
-                        ("fraction_of_machine_peak_fastest", "separator_fastest")):
-        run = res["summary"][config]
-        achieved = run["x_realtime"] * 2 * res["separator_gmacs_per_audio_second"]
-        assert res["summary"][key] == pytest.approx(achieved / res["matmul_peak_gflops"][run["precision"]]), key
+    (run,) = job["runs"]
+    assert run["rows_in"] == job["clips_written"] and run["rows_out"] == job["clips_written"] * 1
+    assert run["errors"] == 0 and run["peak_actor_rss_mb"] > 0
+    assert job["audio_seconds"] == pytest.approx(4.0, rel=0.05)  # job_seconds=4 of 1 s clips
+    assert (res["ingest"]["files"], res["ingest"]["errors"]) == (2, 0)
+    assert res["ingest"]["audio_seconds"] == pytest.approx(2.0, rel=0.05)
 
 
 def test_attention_is_counted_and_the_codec_costs_more_than_the_separator(bench):
@@ -70,7 +97,6 @@ def test_attention_is_counted_and_the_codec_costs_more_than_the_separator(bench)
     assert res["macs"]["separator_macs_by_op"]["_scaled_dot_product_flash_attention_for_cpu"] > 0
     assert res["macs"]["dac_decoder_gmacs_per_audio_second"] > res["separator_gmacs_per_audio_second"]
     assert res["macs"]["separator_gmacs_per_audio_second"] <= res["macs"]["published_masker_gmacs_per_audio_second"]
-    assert set(res["agreement"]["bf16"]) == {"code_agreement", "frame_agreement", "latent_snr_db"}
 
 
 def test_folded_tail_equals_the_published_layer_order():
