@@ -13,6 +13,7 @@ much like a fixed filter on the latent, so the ratio moves little when the sourc
 it is 0/0 in silent frames. The kept energy itself rises where the source sounds, hence this
 rule; how well it does depends on the masker (not yet reliably above the whole-clip span).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,16 +78,18 @@ def active_frames(kept: np.ndarray, energy: np.ndarray, frame_rate: float, cfg: 
     return active
 
 
-def find_activity(kept: np.ndarray, energy: np.ndarray, frame_rate: float,
-                  cfg: ActivityConfig = ActivityConfig()) -> Activity:
+def find_activity(
+    kept: np.ndarray, energy: np.ndarray, frame_rate: float, cfg: ActivityConfig = ActivityConfig()
+) -> Activity:
     """One prompt's kept energy per frame [T] and the mixture's [T] -> where its source sounds."""
     active = active_frames(kept, energy, frame_rate, cfg)
     spans = [[start / frame_rate, stop / frame_rate] for start, stop in runs(active)]
     return Activity(float(active.mean()) if len(active) else 0.0, spans)
 
 
-def clip_activity(frame_kept, frame_energy, frame_rate: float,
-                  cfg: ActivityConfig = ActivityConfig()) -> list[Activity]:
+def clip_activity(
+    frame_kept, frame_energy, frame_rate: float, cfg: ActivityConfig = ActivityConfig()
+) -> list[Activity]:
     """`ClipResult.frame_kept` [P, T] and `frame_energy` [T] -> one `Activity` per prompt."""
     energy = np.asarray(frame_energy)
     return [find_activity(np.asarray(row), energy, frame_rate, cfg) for row in np.asarray(frame_kept)]

@@ -14,7 +14,10 @@ from codecsep_core.separator import ClipResult, Separator
 
 
 def separate_chunked(
-    separator: Separator, codes: list[torch.Tensor], spans: list[list[tuple[int, int]]], embeddings: torch.Tensor,
+    separator: Separator,
+    codes: list[torch.Tensor],
+    spans: list[list[tuple[int, int]]],
+    embeddings: torch.Tensor,
     **options,
 ) -> list[ClipResult]:
     """codes[i] [n_codebooks, T_i] with its frame spans [(start, stop), ...] (one span covering
@@ -40,6 +43,12 @@ def _merge(parts: list[ClipResult], frames: list[int]) -> ClipResult:
     def cat(key: str, dim: int) -> torch.Tensor | None:
         return None if getattr(parts[0], key) is None else torch.cat([getattr(r, key) for r in parts], dim=dim)
 
-    return ClipResult(codes=cat("codes", 2), scores=mean("scores"), frame_energy=cat("frame_energy", 0),
-                      frame_kept=cat("frame_kept", 1), residual=cat("residual", 2),
-                      residual_scores=mean("residual_scores"), latent=cat("latent", 2))
+    return ClipResult(
+        codes=torch.cat([r.codes for r in parts], dim=2),
+        scores=mean("scores"),
+        frame_energy=cat("frame_energy", 0),
+        frame_kept=cat("frame_kept", 1),
+        residual=cat("residual", 2),
+        residual_scores=mean("residual_scores"),
+        latent=cat("latent", 2),
+    )

@@ -15,6 +15,7 @@ own CLI and `CodecTables` read the result like any checkpoint):
    its in/out projections, and a codebook fitted by k-means under the stage's own
    (cosine) code choice.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,7 @@ def fit_to_audio(model, clips: Sequence[np.ndarray], rank: int = 24, kmeans_iter
     project = basis.T @ basis  # [D, D]
     out_conv = model.encoder.block[-1]
     weight = out_conv.weight.detach().clone()
-    _set_weight_norm(out_conv, torch.einsum("de,eck->dck", project, weight),
-                     project @ (out_conv.bias - mean) + mean)
+    _set_weight_norm(out_conv, torch.einsum("de,eck->dck", project, weight), project @ (out_conv.bias - mean) + mean)
     residual = (frames - mean) @ project + mean
     energy = residual.pow(2).sum()
     for stage in model.quantizer.quantizers:
@@ -95,6 +95,9 @@ def fit_to_audio(model, clips: Sequence[np.ndarray], rank: int = 24, kmeans_iter
         stage.codebook.weight.copy_(codebook)
         idx = _nearest(e, codebook)
         residual = residual - (codebook[idx] @ directions + stage_mean)
-    log.info("fitted DAC to %d frames: quantizer leaves %.1f%% of the latent's energy",
-             len(frames), 100 * float(residual.pow(2).sum() / energy))
+    log.info(
+        "fitted DAC to %d frames: quantizer leaves %.1f%% of the latent's energy",
+        len(frames),
+        100 * float(residual.pow(2).sum() / energy),
+    )
     return model.eval()

@@ -5,6 +5,7 @@ lookup, and the masked latent becomes codes again by DAC's own residual quantiza
 Both only need the quantizer's tensors (~0.3 M parameters for DAC 16 kHz), which are
 exported once from a DAC checkpoint into a small safetensors file.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -89,7 +90,9 @@ class CodecTables:
         # lookup(c) = sum_i out_proj_i(codebook_i[c_i]): precompute out_proj of every entry.
         self.projected = torch.einsum("qld,qkd->qkl", self.out_w[..., 0], self.codebooks)
         self.projected_flat = self.projected.reshape(-1, self.projected.shape[-1])
-        self.stage_offsets = torch.arange(self.projected.shape[0], device=self.projected.device) * self.projected.shape[1]
+        self.stage_offsets = (
+            torch.arange(self.projected.shape[0], device=self.projected.device) * self.projected.shape[1]
+        )
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -145,14 +148,15 @@ class CodecTables:
     @classmethod
     def from_dac_model(cls, model) -> "CodecTables":
         """From a live `dac.DAC` module."""
-        return cls.from_state_dict(
-            model.state_dict(), sample_rate=model.sample_rate, hop_length=model.hop_length
-        )
+        return cls.from_state_dict(model.state_dict(), sample_rate=model.sample_rate, hop_length=model.hop_length)
 
     # ----------------------------------------------------------------- files
     def to_bytes(self) -> bytes:
         tensors = {
-            "in_w": self.in_w, "in_b": self.in_b, "out_w": self.out_w, "out_b": self.out_b,
+            "in_w": self.in_w,
+            "in_b": self.in_b,
+            "out_w": self.out_w,
+            "out_b": self.out_b,
             "codebooks": self.codebooks,
         }
         return model_io.pack(tensors, FORMAT, asdict(self.info))
@@ -168,8 +172,7 @@ class CodecTables:
 
     def to(self, device=None, dtype=None) -> "CodecTables":
         moved = {
-            k: getattr(self, k).to(device=device, dtype=dtype)
-            for k in ("in_w", "in_b", "out_w", "out_b", "codebooks")
+            k: getattr(self, k).to(device=device, dtype=dtype) for k in ("in_w", "in_b", "out_w", "out_b", "codebooks")
         }
         return CodecTables(self.info, **moved)
 

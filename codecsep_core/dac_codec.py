@@ -13,6 +13,7 @@ field and only their centre frames/samples are kept, so the result is the one co
 sequence a single pass would give (equal up to float rounding, which can flip a nearest-
 codebook choice on a near tie).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -34,10 +35,26 @@ NORMALIZE_DB = -16.0  # loudness (LUFS) DAC's `compress` normalises its input to
 MODEL_TYPES = ("16khz", "24khz", "44khz")
 # The official models' architectures (DAC's own numbers), for random-weight instances.
 DAC_ARCHITECTURES = {
-    "16khz": dict(encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, decoder_rates=[8, 5, 4, 2],
-                  sample_rate=16000, n_codebooks=12, codebook_size=1024, codebook_dim=8),
-    "44khz": dict(encoder_dim=64, encoder_rates=[2, 4, 8, 8], decoder_dim=1536, decoder_rates=[8, 8, 4, 2],
-                  sample_rate=44100, n_codebooks=9, codebook_size=1024, codebook_dim=8),
+    "16khz": dict(
+        encoder_dim=64,
+        encoder_rates=[2, 4, 5, 8],
+        decoder_dim=1536,
+        decoder_rates=[8, 5, 4, 2],
+        sample_rate=16000,
+        n_codebooks=12,
+        codebook_size=1024,
+        codebook_dim=8,
+    ),
+    "44khz": dict(
+        encoder_dim=64,
+        encoder_rates=[2, 4, 8, 8],
+        decoder_dim=1536,
+        decoder_rates=[8, 8, 4, 2],
+        sample_rate=44100,
+        n_codebooks=9,
+        codebook_size=1024,
+        codebook_dim=8,
+    ),
 }
 
 Weights = str | Path | bytes
@@ -223,7 +240,9 @@ class DacCodec:
     @torch.inference_mode()
     def _measure_decode_shortfall(self) -> int:
         """Samples the decoder yields short of n_frames * hop (8 for the 16 kHz model)."""
-        z = self.model.quantizer.from_codes(torch.zeros(1, self.info.n_codebooks, 2, dtype=torch.long, device=self.device))[0]
+        z = self.model.quantizer.from_codes(
+            torch.zeros(1, self.info.n_codebooks, 2, dtype=torch.long, device=self.device)
+        )[0]
         return 2 * self.info.hop_length - self.model.decode(z).shape[-1]
 
     # ------------------------------------------------------------ encode
@@ -312,4 +331,3 @@ class DacCodec:
         finally:
             model.padding = original
         return fit_length(torch.cat(parts).numpy(), n_samples)
-

@@ -5,6 +5,7 @@ when the fast path changes the computation, e.g. the masker's folded tail. torch
 knows matmuls, convolutions and the CUDA SDPA kernels but not SDPA's CPU kernel; that one
 is added here so that attention is never silently left out on CPU.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

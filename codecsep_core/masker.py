@@ -5,6 +5,7 @@ Post-LN Transformer encoder layers whose two LayerNorm outputs each get an addit
 shift from the prompt embedding, pointwise up-projection + shift, weight-normed pointwise
 conv + shift, pointwise conv + Snake. No sigmoid: the mask is unbounded, as published.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,7 @@ class MaskerConfig:
     def preset(cls, name: str, **overrides) -> "MaskerConfig":
         if name not in PRESETS:
             raise ValueError(f"unknown masker preset {name!r}; known: {', '.join(PRESETS)}")
-        return replace(cls(**PRESETS[name]), **overrides)
+        return replace(cls(**PRESETS[name]), **overrides)  # type: ignore[arg-type]
 
     @classmethod
     def from_dict(cls, d: dict) -> "MaskerConfig":
@@ -166,8 +167,14 @@ class Masker(nn.Module):
         # order, to measure what the fold saves.
         self.fold_tail = True
 
-    def forward(self, z: torch.Tensor, cond: torch.Tensor, valid: torch.Tensor | None = None,
-                all_prompts: bool = False, segments: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        cond: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        all_prompts: bool = False,
+        segments: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`valid` [B, T] bool marks real frames; padded frames are never attended to, so a
         window's mask does not depend on what else shares its batch.
 

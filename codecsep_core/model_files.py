@@ -1,4 +1,5 @@
 """Masker checkpoints: safetensors with the MaskerConfig in the metadata (never a pickle)."""
+
 from __future__ import annotations
 
 from pathlib import Path

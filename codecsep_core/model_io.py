@@ -3,6 +3,7 @@
 codecsep_core does no storage I/O of its own: callers pass a local path or the file's
 bytes (jobs fetch bytes from any URI through `storage`). Nothing here unpickles.
 """
+
 from __future__ import annotations
 
 import json

@@ -13,6 +13,7 @@ failure is a `PromptEncoderUnavailable` that says what is missing and how to pro
 
 laion_clap is imported here only, lazily: never at codecsep_core import time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,7 @@ CHECKPOINT_REPO = "lukewys/laion_clap"
 # Hub files laion-clap loads by name (repo -> groups of alternatives; one of each group is needed):
 # the three tokenizers at import, RoBERTa's config and weights in CLAP_Module.
 HUB_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "roberta-base": (("config.json",), ("vocab.json",), ("merges.txt",),
-                     ("model.safetensors", "pytorch_model.bin")),
+    "roberta-base": (("config.json",), ("vocab.json",), ("merges.txt",), ("model.safetensors", "pytorch_model.bin")),
     "bert-base-uncased": (("vocab.txt",),),
     "facebook/bart-base": (("vocab.json",), ("merges.txt",)),
 }
@@ -66,16 +66,20 @@ class PromptEncoder:
     unpickling, for a file you trust that holds more than tensors and plain containers.
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
-                 batch_size: int = 64, trust_checkpoint: bool = False) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        trust_checkpoint: bool = False,
+    ) -> None:
         ckpt_path = _resolve_checkpoint(checkpoint)
         _ensure_hub_files()
         self.name = f"{ENCODER_NAME}:{ckpt_path.name}"
         self.dim = EMBED_DIM
         self.batch_size = batch_size
         # The checkpoint is read (and a bad one refused) before the slow model build.
-        self._clap = _build_clap(_read_checkpoint(ckpt_path, trusted=trust_checkpoint), ckpt_path,
-                                 torch.device(device))
+        self._clap = _build_clap(_read_checkpoint(ckpt_path, trusted=trust_checkpoint), ckpt_path, torch.device(device))
         _check_tokenizer(self._clap.tokenize)
         _check_embeddings(self.encode(list(_PROBE_TEXTS)))
         log.info("prompt encoder ready: %s on %s", self.name, device)
@@ -87,8 +91,7 @@ class PromptEncoder:
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("encode takes a list of strings")
-        chunks = [self._embed(texts[i:i + self.batch_size])
-                  for i in range(0, len(texts), self.batch_size)]
+        chunks = [self._embed(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
         out = torch.cat(chunks) if chunks else torch.empty(0, EMBED_DIM)
         if not torch.isfinite(out).all():
             raise PromptEncoderUnavailable(f"{self.name} produced non-finite embeddings")
@@ -110,7 +113,7 @@ class PromptEncoder:
             if wave.ndim != 1 or wave.size == 0 or not np.isfinite(wave).all():
                 raise ValueError(f"example clip {i}: expected a non-empty finite mono waveform, got shape {wave.shape}")
             wave = resample(wave[None], sample_rate, CLAP_SAMPLE_RATE)[0]
-            pieces = [wave[j:j + CLAP_MAX_SAMPLES] for j in range(0, len(wave), CLAP_MAX_SAMPLES)]
+            pieces = [wave[j : j + CLAP_MAX_SAMPLES] for j in range(0, len(wave), CLAP_MAX_SAMPLES)]
             with torch.inference_mode():
                 emb = torch.as_tensor(self._clap.get_audio_embedding_from_data(pieces, use_tensor=False)).float()
             weights = torch.tensor([len(p) for p in pieces], dtype=torch.float32)[:, None]
@@ -275,9 +278,7 @@ def _build_clap(state: dict[str, torch.Tensor], ckpt_path: Path, device: torch.d
     try:
         clap.model.load_state_dict(state)
     except RuntimeError as e:
-        raise PromptEncoderUnavailable(
-            f"{ckpt_path}: not a non-fusion {AMODEL}+{TMODEL} CLAP checkpoint ({e})"
-        ) from e
+        raise PromptEncoderUnavailable(f"{ckpt_path}: not a non-fusion {AMODEL}+{TMODEL} CLAP checkpoint ({e})") from e
     return clap.eval()
 
 

@@ -7,6 +7,7 @@ frames a window finalises are re-quantized at once, so memory is bounded by the 
 and batch sizes, never by the clip length (re-quantization is frame-wise, which makes
 this exact).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -77,8 +78,10 @@ class _Totals:
         self.mask_sum += m.sum((1, 2)).double().cpu()
 
     def scores(self, energy_in: torch.Tensor, n_values: int) -> dict[str, torch.Tensor]:
-        return {"energy_kept": (self.energy / energy_in.clamp_min(1e-12)).float(),
-                "mask_mean": (self.mask_sum / n_values).float()}
+        return {
+            "energy_kept": (self.energy / energy_in.clamp_min(1e-12)).float(),
+            "mask_mean": (self.mask_sum / n_values).float(),
+        }
 
 
 class _ClipStream:
@@ -89,8 +92,16 @@ class _ClipStream:
     cross-fade. With `quantize` (the codec's re-quantization), the residual `(1 - M) * Z`
     of each finalised span is re-quantized here too: one masker pass serves both stems."""
 
-    def __init__(self, codes: torch.Tensor, n_prompts: int, overlap: int, latent_dim: int,
-                 quantize=None, n_exclude: int = 0, keep_latent: bool = False):
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        n_prompts: int,
+        overlap: int,
+        latent_dim: int,
+        quantize=None,
+        n_exclude: int = 0,
+        keep_latent: bool = False,
+    ):
         self.codes = codes
         self.overlap = overlap
         self.latent_dim = latent_dim
@@ -129,7 +140,7 @@ class _ClipStream:
         self.frame_kept[:, w.start : w.start + n_final] = z_hat.pow(2).sum(1).cpu()
         self.energy_in += torch.linalg.vector_norm(zf).double().cpu() ** 2
         self.target.add(z_hat, m)
-        if self.quantize is not None:
+        if self.quantize is not None and self.residual is not None:
             z_rest = zf - z_hat  # (1 - M) * Z
             self.rest.add(z_rest, 1 - m)
             self.residual[:, :, w.start : w.start + n_final] = self.quantize(z_rest).to(torch.int32).cpu()
@@ -163,8 +174,14 @@ class Separator:
         self.dtype = PRECISIONS[self.config.precision]
 
     @torch.inference_mode()
-    def separate(self, codes: list[torch.Tensor], embeddings: torch.Tensor, residual: bool = False,
-                 exclude: torch.Tensor | None = None, latents: bool = False) -> list[ClipResult]:
+    def separate(
+        self,
+        codes: list[torch.Tensor],
+        embeddings: torch.Tensor,
+        residual: bool = False,
+        exclude: torch.Tensor | None = None,
+        latents: bool = False,
+    ) -> list[ClipResult]:
         """codes: one integer tensor [n_codebooks, T_i] per clip; embeddings [P, cond_dim].
 
         residual: also return each prompt's residual stem (same masker pass). exclude [X, cond_dim]:
@@ -184,11 +201,15 @@ class Separator:
         n_prompts = embeddings.shape[0]
         d = self.tables.info.latent_dim
         quantize = self.tables.quantize if residual else None
-        streams = [_ClipStream(c.to(self.device), n_prompts, cfg.overlap_frames, d, quantize, n_exclude, latents)
-                   for c in codes]
-        if n_exclude:  # the masker runs on targets and excluded prompts alike; streams compose
+        streams = [
+            _ClipStream(c.to(self.device), n_prompts, cfg.overlap_frames, d, quantize, n_exclude, latents)
+            for c in codes
+        ]
+        if exclude is not None and n_exclude:  # the masker runs on targets and excluded prompts alike
             embeddings = torch.cat([embeddings, exclude])
-        windows = (w for i, c in enumerate(codes) for w in plan_windows(c.shape[1], cfg.window_frames, cfg.overlap_frames, i))
+        windows = (
+            w for i, c in enumerate(codes) for w in plan_windows(c.shape[1], cfg.window_frames, cfg.overlap_frames, i)
+        )
         for batch in pack_windows(windows, cfg.window_frames, cfg.batch_windows):
             self._run_batch(batch, streams, embeddings)
         return [s.result() for s in streams]

@@ -6,6 +6,7 @@ codes become latents by codebook lookup (`CodecTables.lookup`), and the loss is 
 negative SNR of M * Z_mix against Z_target. The published loss, negative SI-SDR on
 waveforms through the frozen DAC decoder, is `sisdr_loss` with a decoder passed in.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -121,16 +122,23 @@ def make_optimizer(masker: Masker, lr: float = 1.5e-4, betas=(0.8, 0.99), weight
     return torch.optim.AdamW(masker.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 
-def train_step(masker: Masker, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor],
-               grad_clip: float | None = 10.0) -> dict[str, float]:
+def train_step(
+    masker: Masker,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[], torch.Tensor],
+    grad_clip: float | None = 10.0,
+) -> dict[str, float]:
     """One optimiser step on `loss_fn()`; gradients clipped by global norm (published: 10)."""
     masker.train()
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn()
     loss.backward()
     params = [p for p in masker.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip else torch.linalg.vector_norm(
-        torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    norm = (
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if grad_clip
+        else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    )
     optimizer.step()
     return {"loss": float(loss.detach()), "grad_norm": float(norm)}
 
@@ -150,7 +158,9 @@ def fixed_prompt_vectors(prompts: Sequence[str], dim: int = 512) -> np.ndarray:
 # ---------------------------------------------------------------- checkpoints
 
 
-def checkpoint_to_bytes(masker: Masker, optimizer: torch.optim.Optimizer, step: int, extra: dict | None = None) -> bytes:
+def checkpoint_to_bytes(
+    masker: Masker, optimizer: torch.optim.Optimizer, step: int, extra: dict | None = None
+) -> bytes:
     """Masker and optimiser state as one safetensors file: tensors `masker.<name>` and
     `optim.<param index>.<key>`; step, masker config, param groups and `extra` as JSON."""
     tensors = {f"masker.{k}": v for k, v in masker.state_dict().items()}
@@ -158,8 +168,12 @@ def checkpoint_to_bytes(masker: Masker, optimizer: torch.optim.Optimizer, step: 
     for idx, per_param in state["state"].items():
         for key, value in per_param.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
-    meta = {"step": int(step), "masker": masker.config.to_dict(), "param_groups": state["param_groups"],
-            "extra": extra or {}}
+    meta = {
+        "step": int(step),
+        "masker": masker.config.to_dict(),
+        "param_groups": state["param_groups"],
+        "extra": extra or {},
+    }
     return model_io.pack(tensors, CHECKPOINT_FORMAT, meta)
 
 
@@ -175,7 +189,7 @@ def checkpoint_from_bytes(data: bytes) -> Checkpoint:
     """Inverse of `checkpoint_to_bytes`; `optimizer_state` loads with `load_state_dict`."""
     tensors, meta = model_io.unpack(data, CHECKPOINT_FORMAT)
     masker = Masker(MaskerConfig.from_dict(meta["masker"]))
-    masker.load_state_dict({k[len("masker."):]: v for k, v in tensors.items() if k.startswith("masker.")})
+    masker.load_state_dict({k[len("masker.") :]: v for k, v in tensors.items() if k.startswith("masker.")})
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -183,4 +197,3 @@ def checkpoint_from_bytes(data: bytes) -> Checkpoint:
             state.setdefault(int(idx), {})[key] = value
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     return Checkpoint(meta["step"], masker, {"state": state, "param_groups": groups}, meta["extra"])
-

@@ -9,6 +9,7 @@ Windows shorter than the masker's window (short clips, last windows) are packed 
 to a masker row (`pack_windows`), so a batch of 1 s clips costs what a batch of 10 s
 clips costs per frame, not ten times as much padding or as many masker calls.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,10 +37,7 @@ def plan_windows(n_frames: int, window: int, overlap: int, clip: int = 0) -> lis
         raise ValueError(f"overlap must be in [0, window): window={window}, overlap={overlap}")
     hop = window - overlap
     n = 1 if n_frames <= window else math.ceil((n_frames - overlap) / hop)
-    return [
-        Window(clip, k, k * hop, min(k * hop + window, n_frames), k == n - 1)
-        for k in range(n)
-    ]
+    return [Window(clip, k, k * hop, min(k * hop + window, n_frames), k == n - 1) for k in range(n)]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 """`codecsep <job> ...`: one entry point, one module per job (`python -m jobs.<job>` too)."""
+
 from __future__ import annotations
 
 import importlib

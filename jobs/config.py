@@ -6,6 +6,7 @@ in a YAML key or an override fails at start with the list of valid keys. Each de
 defined once, in the dataclass; the YAML files repeat them as documentation, and a test
 fails when the two disagree.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,9 @@ def from_dict(cls, data: dict, prefix: str = ""):
     types_ = _field_types(cls)
     unknown = set(data) - set(types_)
     if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; valid: {sorted(prefix + k for k in types_)}")
+        raise ValueError(
+            f"unknown config key(s) {sorted(prefix + k for k in unknown)}; valid: {sorted(prefix + k for k in types_)}"
+        )
     return cls(**{k: _coerce(types_[k], v, prefix + k) for k, v in data.items()})
 
 
@@ -88,7 +91,10 @@ def job_parser(job: str, cls, description: str) -> argparse.ArgumentParser:
         f"  {k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in defaults
     )
     parser = argparse.ArgumentParser(
-        prog=f"codecsep {job}", description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"codecsep {job}",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", default=str(path), help="YAML config file (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and library warnings")

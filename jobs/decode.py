@@ -18,9 +18,17 @@ def with_dac_defaults(row: dict, n_frames: int) -> dict:
     clip at the codec rate, of unknown input loudness."""
     if row.get("dac_channels") is not None:
         return row
-    return {**row, "dac_version": DAC_VERSION, "dac_chunk_length": n_frames, "dac_padding": True,
-            "dac_input_db": None, "dac_channels": 1, "dac_channel": 0,
-            "dac_original_length": row["n_samples"], "dac_sample_rate": row["sample_rate"]}
+    return {
+        **row,
+        "dac_version": DAC_VERSION,
+        "dac_chunk_length": n_frames,
+        "dac_padding": True,
+        "dac_input_db": None,
+        "dac_channels": 1,
+        "dac_channel": 0,
+        "dac_original_length": row["n_samples"],
+        "dac_sample_rate": row["sample_rate"],
+    }
 
 
 def dac_bytes(rows: list[dict]) -> bytes:

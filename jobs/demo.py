@@ -11,6 +11,7 @@ output says plainly: the numbers then show that the machinery learns and separat
 the quality of CodecSep (the fitted codec's decoder stays random, so waveform SI-SDR is
 meaningless there). Every mixture holds one source of each kind at equal loudness.
 """
+
 from __future__ import annotations
 
 import logging
@@ -105,7 +106,9 @@ def figures(heldout: str, run: Path, folder: Path) -> list[Path]:
             z = tables.lookup(torch.from_numpy(codes_to_numpy(row["mix_codes"]).astype(np.int64)))[None]
             mask = masker(z, torch.from_numpy(prompts.vectors([prompt])))
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-        for ax, data, title in zip(axes, (z[0], mask[0], (mask * z)[0]), ("mixture latent", "mask", "separated latent")):
+        for ax, data, title in zip(
+            axes, (z[0], mask[0], (mask * z)[0]), ("mixture latent", "mask", "separated latent")
+        ):
             im = ax.imshow(data.numpy(), aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
             ax.set(title=title, xlabel="frame", ylabel="latent channel")
             fig.colorbar(im, ax=ax)
@@ -125,56 +128,159 @@ def run(cfg: DemoConfig) -> str:
     t0 = time.perf_counter()
     out = Path(cfg.output).resolve()
     weights, official = codec_weights(out, cfg.seed)
-    random_codec = ("RANDOM-WEIGHT DAC 16 kHz (fixed seed), its latent and quantizer fitted to generated audio, "
-                    "its decoder random (waveform SI-SDR is meaningless): no official weights on this machine")
+    random_codec = (
+        "RANDOM-WEIGHT DAC 16 kHz (fixed seed), its latent and quantizer fitted to generated audio, "
+        "its decoder random (waveform SI-SDR is meaningless): no official weights on this machine"
+    )
     notes = [f"codec: {'official DAC 16 kHz weights' if official else random_codec} ({weights})"]
     init_ray(cfg.ray)
     fast = ray_overrides(cfg)
     synthetic.write_sources(out / "sources" / "train", cfg.train_sources_per_kind, cfg.clip_seconds, seed=cfg.seed)
-    synthetic.write_sources(out / "sources" / "heldout", cfg.heldout_sources_per_kind, cfg.clip_seconds, seed=cfg.seed + 1)
+    synthetic.write_sources(
+        out / "sources" / "heldout", cfg.heldout_sources_per_kind, cfg.clip_seconds, seed=cfg.seed + 1
+    )
     common = [f"segment_seconds={cfg.segment_seconds}", *synthetic.EVERY_KIND_MIXING, *fast]
-    prepare_train.run(prepare_train.parse_args([str(out / "sources" / "train"), str(out / "data"), "--codec-weights", str(weights),
-                                                f"mixing.n_mixtures={cfg.train_mixtures}", "val_fraction=0.15", *common]))
-    prepare_train.run(prepare_train.parse_args([str(out / "sources" / "heldout"), str(out / "heldout"), "--codec-weights", str(weights),
-                                                f"mixing.n_mixtures={cfg.heldout_mixtures}", "val_fraction=0.0",
-                                                f"mixing.seed={cfg.seed + 1}", "keep_audio=true", *common]))
+    prepare_train.run(
+        prepare_train.parse_args(
+            [
+                str(out / "sources" / "train"),
+                str(out / "data"),
+                "--codec-weights",
+                str(weights),
+                f"mixing.n_mixtures={cfg.train_mixtures}",
+                "val_fraction=0.15",
+                *common,
+            ]
+        )
+    )
+    prepare_train.run(
+        prepare_train.parse_args(
+            [
+                str(out / "sources" / "heldout"),
+                str(out / "heldout"),
+                "--codec-weights",
+                str(weights),
+                f"mixing.n_mixtures={cfg.heldout_mixtures}",
+                "val_fraction=0.0",
+                f"mixing.seed={cfg.seed + 1}",
+                "keep_audio=true",
+                *common,
+            ]
+        )
+    )
     heldout = str(out / "heldout" / "train")  # val_fraction=0: every held-out row is under train/
     run_dir = out / "run"
-    trained = train.run(train.parse_args([
-        str(out / "data"), str(run_dir), "--codec-weights", str(weights), "--preset", "tiny",
-        "--fixed-prompts-if-offline", f"max_steps={cfg.max_steps}", f"val_every={cfg.max_steps // 2}",
-        f"checkpoint_every={cfg.max_steps // 2}", "log_every=25", f"optimizer.lr={cfg.learning_rate}",
-        f"segment_frames={round(cfg.segment_seconds * 50) + 2}", f"seed={cfg.seed}", *fast]))
+    trained = train.run(
+        train.parse_args(
+            [
+                str(out / "data"),
+                str(run_dir),
+                "--codec-weights",
+                str(weights),
+                "--preset",
+                "tiny",
+                "--fixed-prompts-if-offline",
+                f"max_steps={cfg.max_steps}",
+                f"val_every={cfg.max_steps // 2}",
+                f"checkpoint_every={cfg.max_steps // 2}",
+                "log_every=25",
+                f"optimizer.lr={cfg.learning_rate}",
+                f"segment_frames={round(cfg.segment_seconds * 50) + 2}",
+                f"seed={cfg.seed}",
+                *fast,
+            ]
+        )
+    )
     fixed = trained.extra["prompt_encoder"] == resolve.FIXED_ENCODER
-    notes.append("prompts: " + ("FIXED RANDOM VECTORS per prompt string (no CLAP weights on this machine)" if fixed
-                                else f"CLAP embeddings ({trained.extra['prompt_encoder']})"))
+    notes.append(
+        "prompts: "
+        + (
+            "FIXED RANDOM VECTORS per prompt string (no CLAP weights on this machine)"
+            if fixed
+            else f"CLAP embeddings ({trained.extra['prompt_encoder']})"
+        )
+    )
     write_mixtures(heldout, out / "mixtures")
     ingest.run(ingest.parse_args([str(out / "mixtures"), str(out / "codes"), "--codec-weights", str(weights), *fast]))
-    models = ["--masker", str(run_dir / "masker.safetensors"), "--codec-tables", str(run_dir / "codec_tables.safetensors"),
-              "--prompt-table", str(run_dir / "prompts.parquet"), *fast]
-    separate.run(separate.parse_args([
-        "--input", str(out / "codes"), "--output", str(out / "separated"), "--residual",
-        *sum((["--prompt", p] for p in synthetic.KINDS), []), *models]))
-    scores = separate.run(separate.parse_args([
-        "--input", str(out / "codes"), "--output", str(out / "scores"), "--prompt", "tone", "--exclude", "noise",
-        "--emit", "scores", *models]))
-    _, table = evaluate.run(evaluate.parse_args([
-        heldout, str(out / "evaluation"), "--masker", str(run_dir / "masker.safetensors"),
-        "--codec-tables", str(run_dir / "codec_tables.safetensors"), "--codec-weights", str(weights),
-        "--prompt-table", str(run_dir / "prompts.parquet")]))
+    models = [
+        "--masker",
+        str(run_dir / "masker.safetensors"),
+        "--codec-tables",
+        str(run_dir / "codec_tables.safetensors"),
+        "--prompt-table",
+        str(run_dir / "prompts.parquet"),
+        *fast,
+    ]
+    separate.run(
+        separate.parse_args(
+            [
+                "--input",
+                str(out / "codes"),
+                "--output",
+                str(out / "separated"),
+                "--residual",
+                *sum((["--prompt", p] for p in synthetic.KINDS), []),
+                *models,
+            ]
+        )
+    )
+    scores = separate.run(
+        separate.parse_args(
+            [
+                "--input",
+                str(out / "codes"),
+                "--output",
+                str(out / "scores"),
+                "--prompt",
+                "tone",
+                "--exclude",
+                "noise",
+                "--emit",
+                "scores",
+                *models,
+            ]
+        )
+    )
+    _, table = evaluate.run(
+        evaluate.parse_args(
+            [
+                heldout,
+                str(out / "evaluation"),
+                "--masker",
+                str(run_dir / "masker.safetensors"),
+                "--codec-tables",
+                str(run_dir / "codec_tables.safetensors"),
+                "--codec-weights",
+                str(weights),
+                "--prompt-table",
+                str(run_dir / "prompts.parquet"),
+            ]
+        )
+    )
     export.run(export.parse_args([str(out / "separated"), str(out / "wav"), "--codec-weights", str(weights), *fast]))
-    segments = select.run(select.parse_args(["--input", str(out / "separated"), "--output", str(out / "segments"),
-                                             "--prompt", "tone", "--spans"]))
+    segments = select.run(
+        select.parse_args(
+            ["--input", str(out / "separated"), "--output", str(out / "segments"), "--prompt", "tone", "--spans"]
+        )
+    )
     page = out / "report.html"
-    report.run(report.parse_args(["--input", str(out / "separated"), "--output", str(page), "--audio", str(out / "wav")]))
+    report.run(
+        report.parse_args(["--input", str(out / "separated"), "--output", str(page), "--audio", str(out / "wav")])
+    )
     pngs = figures(heldout, run_dir, out / "figures")
     notes.append(f"figures: {', '.join(str(p) for p in pngs)}")
-    notes.append(f"separated: {out / 'separated'} (stem=target and stem=residual per clip and prompt, with "
-                 f"active_spans); wavs: {out / 'wav'}; evaluation: {out / 'evaluation'}")
-    notes.append(f"scores only, 'tone' excluding 'noise' (--exclude, --emit scores): {out / 'scores'}, "
-                 f"{scores.rows_out} rows, no codes column")
-    notes.append(f"'tone' segments cut from active spans (select --spans): {segments.rows_out} code rows in "
-                 f"{out / 'segments'}, manifest {out / 'segments' / '_manifest.parquet'}")
+    notes.append(
+        f"separated: {out / 'separated'} (stem=target and stem=residual per clip and prompt, with "
+        f"active_spans); wavs: {out / 'wav'}; evaluation: {out / 'evaluation'}"
+    )
+    notes.append(
+        f"scores only, 'tone' excluding 'noise' (--exclude, --emit scores): {out / 'scores'}, "
+        f"{scores.rows_out} rows, no codes column"
+    )
+    notes.append(
+        f"'tone' segments cut from active spans (select --spans): {segments.rows_out} code rows in "
+        f"{out / 'segments'}, manifest {out / 'segments' / '_manifest.parquet'}"
+    )
     notes.append(f"report: {page} (open it in a browser)")
     notes.append(f"wall time: {time.perf_counter() - t0:.0f} s")
     return "\n".join(notes) + "\n\n" + table

@@ -21,6 +21,7 @@ own codes decoded): the codec's loss, told apart from the separation's.
 Writes OUTPUT/evaluation.md and OUTPUT/evaluation.json (means per prompt) and prints the
 Markdown table. Runs in the driver process: labelled sets are small.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,8 +99,11 @@ def row_metrics(row: dict, ctx: dict) -> dict:
     out["latent_snri"] = out["latent_snr"] - out["latent_snr_identity"]
     sep = separated[0]
     per_codebook = (sep == tgt).float().mean(1)
-    out.update(code_agreement=float(per_codebook.mean()), code_agreement_mix=float((mix == tgt).float().mean()),
-               code_agreement_per_codebook=per_codebook.tolist())
+    out.update(
+        code_agreement=float(per_codebook.mean()),
+        code_agreement_mix=float((mix == tgt).float().mean()),
+        code_agreement_per_codebook=per_codebook.tolist(),
+    )
     codec = ctx.get("codec")
     if codec is not None and row.get("target_audio") is not None:
         ref = torch.tensor(row["target_audio"], dtype=torch.float32)[None]
@@ -107,8 +111,11 @@ def row_metrics(row: dict, ctx: dict) -> dict:
         est = torch.from_numpy(codec.decode(sep.numpy(), n))[None]
         oracle = torch.from_numpy(codec.decode(tgt.numpy(), n))[None]
         mixture = torch.tensor(row["mix_audio"], dtype=torch.float32)[None]
-        out.update(sisdr=float(sisdr(est, ref)[0]), sisdr_oracle=float(sisdr(oracle, ref)[0]),
-                   sisdr_mix=float(sisdr(mixture, ref)[0]))
+        out.update(
+            sisdr=float(sisdr(est, ref)[0]),
+            sisdr_oracle=float(sisdr(oracle, ref)[0]),
+            sisdr_mix=float(sisdr(mixture, ref)[0]),
+        )
         out["sisdri"] = out["sisdr"] - out["sisdr_mix"]
     return out
 
@@ -148,10 +155,16 @@ def load_context(cfg: EvaluateConfig, set_prompts: list[str], with_audio: bool) 
     tables = CodecTables.load(resolve.codec_tables(cfg.codec_tables, cfg.codec_weights))
     masker_bytes = sfs.read_bytes(cfg.masker)
     masker = load_masker(masker_bytes)
-    vectors, encoder = resolve.prompt_vectors(set_prompts, cfg.prompt_table, cfg.clap_checkpoint, masker.config.cond_dim,
-                                              masker_prompt_encoder(masker_bytes))
-    ctx = {"tables": tables, "vectors": dict(zip(set_prompts, vectors)), "encoder": encoder, "set_prompts": set_prompts,
-           "separator": Separator(tables, masker, cfg.separator)}
+    vectors, encoder = resolve.prompt_vectors(
+        set_prompts, cfg.prompt_table, cfg.clap_checkpoint, masker.config.cond_dim, masker_prompt_encoder(masker_bytes)
+    )
+    ctx = {
+        "tables": tables,
+        "vectors": dict(zip(set_prompts, vectors)),
+        "encoder": encoder,
+        "set_prompts": set_prompts,
+        "separator": Separator(tables, masker, cfg.separator),
+    }
     if cfg.codec_weights and with_audio:
         from codecsep_core.dac_codec import DacCodec
 
@@ -183,8 +196,11 @@ def run(cfg: EvaluateConfig) -> tuple[JobReport, str]:
     report.rows_in = report.rows_out = table.num_rows
     report.audio_hours = float(np.sum(np.asarray(table["n_samples"]) / np.asarray(table["sample_rate"]))) / 3600
     report.wall_s = time.perf_counter() - t0
-    report.extra = {"output": cfg.output, "prompt_encoder": ctx["encoder"],
-                    "summary": {p: {k: v for k, v in s.items() if k != "code_agreement_per_codebook"} for p, s in summary.items()}}
+    report.extra = {
+        "output": cfg.output,
+        "prompt_encoder": ctx["encoder"],
+        "summary": {p: {k: v for k, v in s.items() if k != "code_agreement_per_codebook"} for p, s in summary.items()},
+    }
     return report, md
 
 
@@ -197,8 +213,17 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
     p.add_argument("--prompt-table", help="prompt table URI (train writes <run>/prompts.parquet)")
     a, (data, output), overrides = job_config.parse_paths(p, argv, names=("DATA", "OUTPUT"))
     setup_logging(a.verbose)
-    return job_config.load_config(EvaluateConfig, a.config, overrides, input=data, output=output, masker=a.masker,
-                                  codec_tables=a.codec_tables, codec_weights=a.codec_weights, prompt_table=a.prompt_table)
+    return job_config.load_config(
+        EvaluateConfig,
+        a.config,
+        overrides,
+        input=data,
+        output=output,
+        masker=a.masker,
+        codec_tables=a.codec_tables,
+        codec_weights=a.codec_weights,
+        prompt_table=a.prompt_table,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         report.emit()
 
     return run_cli("evaluate", body, argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

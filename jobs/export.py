@@ -61,7 +61,9 @@ class ExportConfig:
     input: str | None = None  # URI of a folder of code shards (local, s3://, memory://)
     output: str | None = None  # URI of the output folder: <id>.<ext>, or <id>/<prompt slug>.<ext>
     format: str = "wav"  # wav | flac | dac (.dac needs no model; DAC's `python -m dac decode` reads it)
-    codec_weights: str | None = None  # DAC checkpoint URI for wav/flac; null: DAC's official download for the rows' codec
+    codec_weights: str | None = (
+        None  # DAC checkpoint URI for wav/flac; null: DAC's official download for the rows' codec
+    )
     window_seconds: float = 5.0  # decoder window; windows overlap by the receptive field, so seams are exact
     subtype: str = "PCM_16"  # soundfile subtype of wav/flac files
     overwrite: bool = False  # true: forget earlier runs and rewrite every file
@@ -94,7 +96,9 @@ class ExportStage(Stage):
     def setup(self, device: str) -> None:
         from codecsep_core.dac_codec import DacCodec
 
-        self.codec = DacCodec.load(self.weights, window_seconds=self.window_seconds, device=device) if self.weights else None
+        self.codec = (
+            DacCodec.load(self.weights, window_seconds=self.window_seconds, device=device) if self.weights else None
+        )
         self._shard: tuple[str, pa.Table] | None = None  # the last shard read; items come sorted by shard
 
     def process(self, batch: pa.Table) -> StageOutput:
@@ -105,11 +109,23 @@ class ExportStage(Stage):
             try:
                 seconds = self._export(item, tally)
             except BadInput as e:
-                errors.append(ErrorRow(item["id"], str(e), ", ".join(sorted(set(item["shards"]))), item["clip_id"], item["prompt"]))
+                errors.append(
+                    ErrorRow(
+                        item["id"], str(e), ", ".join(sorted(set(item["shards"]))), item["clip_id"], item["prompt"]
+                    )
+                )
                 continue
             tally["audio_s"] += seconds
-            manifest.append({"id": item["id"], "clip_id": item["clip_id"], "prompt": item["prompt"], "seconds": seconds,
-                             "format": self.fmt, DIR: MANIFEST_DIR})
+            manifest.append(
+                {
+                    "id": item["id"],
+                    "clip_id": item["clip_id"],
+                    "prompt": item["prompt"],
+                    "seconds": seconds,
+                    "format": self.fmt,
+                    DIR: MANIFEST_DIR,
+                }
+            )
         rows = pa.Table.from_pylist(manifest, MANIFEST_SCHEMA) if manifest else None
         return StageOutput(rows=rows, errors=errors, tally=dict(tally))
 
@@ -148,7 +164,9 @@ class ExportStage(Stage):
         else:
             if self.codec is None or rows[0]["codec"] != self.codec.info.name:
                 have = self.codec.info.name if self.codec else "none"
-                raise BadInput(f"rows hold {rows[0]['codec']} codes, the codec weights are {have}: pass {rows[0]['codec']} weights")
+                raise BadInput(
+                    f"rows hold {rows[0]['codec']} codes, the codec weights are {have}: pass {rows[0]['codec']} weights"
+                )
             if [r["dac_channel"] for r in rows] != list(range(rows[0]["dac_channels"])):
                 raise BadInput(f"channels {[r['dac_channel'] for r in rows]} of {rows[0]['dac_channels']} present")
             audio = decode_rows(self.codec, rows, separated=item["prompt"] is not None)
@@ -160,14 +178,16 @@ class ExportStage(Stage):
         return rows[0]["dac_original_length"] / rows[0]["dac_sample_rate"]
 
 
-MANIFEST_SCHEMA = pa.schema([
-    pa.field("id", pa.string()),  # the file, relative to the output folder
-    pa.field("clip_id", pa.string()),
-    pa.field("prompt", pa.string()),
-    pa.field("seconds", pa.float64()),
-    pa.field("format", pa.string()),
-    pa.field(DIR, pa.string()),
-])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),  # the file, relative to the output folder
+        pa.field("clip_id", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("seconds", pa.float64()),
+        pa.field("format", pa.string()),
+        pa.field(DIR, pa.string()),
+    ]
+)
 
 
 # --------------------------------------------------------------------------- planning
@@ -175,14 +195,16 @@ MANIFEST_SCHEMA = pa.schema([
 
 def prompt_slugs(prompts: set[str]) -> dict[str, str]:
     """A file-name-safe name per prompt; prompts that would share one get a digest suffix."""
+
     def slug(p: str) -> str:
         return re.sub(r"[^a-z0-9]+", "_", p.lower()).strip("_")[:64] or "prompt"
 
     counts: dict[str, int] = defaultdict(int)
     for p in prompts:
         counts[slug(p)] += 1
-    return {p: slug(p) if counts[slug(p)] == 1 else f"{slug(p)}-{hashlib.sha1(p.encode()).hexdigest()[:8]}"
-            for p in prompts}
+    return {
+        p: slug(p) if counts[slug(p)] == 1 else f"{slug(p)}-{hashlib.sha1(p.encode()).hexdigest()[:8]}" for p in prompts
+    }
 
 
 def read_keys(shard: str) -> pa.Table | str:
@@ -213,8 +235,18 @@ def plan_files(src: str, ext: str) -> tuple[pa.Table, set[str]]:
     with ThreadPoolExecutor(max_workers=16) as pool:
         for shard, keys in zip(files, pool.map(read_keys, files)):
             if isinstance(keys, str):
-                errors.append({"id": shard, "clip_id": None, "prompt": None, "shards": [shard], "rows": [], ERROR: keys,
-                               SOURCE: shard, ERROR_ID: None})
+                errors.append(
+                    {
+                        "id": shard,
+                        "clip_id": None,
+                        "prompt": None,
+                        "shards": [shard],
+                        "rows": [],
+                        ERROR: keys,
+                        SOURCE: shard,
+                        ERROR_ID: None,
+                    }
+                )
                 continue
             if "codec" in keys.column_names:
                 codecs.update(c for c in keys["codec"].unique().to_pylist() if c is not None)
@@ -226,16 +258,32 @@ def plan_files(src: str, ext: str) -> tuple[pa.Table, set[str]]:
     for (base, prompt, stem), refs in groups.items():
         item = {"clip_id": base, "prompt": prompt, "shards": [s for s, _ in refs], "rows": [i for _, i in refs]}
         if base is None or not _safe_id(base):
-            errors.append({**item, "id": f"{refs[0][0]}#row{refs[0][1]}", SOURCE: refs[0][0], ERROR_ID: base,
-                           ERROR: f"id {base!r} cannot name a file under the output folder"})
+            errors.append(
+                {
+                    **item,
+                    "id": f"{refs[0][0]}#row{refs[0][1]}",
+                    SOURCE: refs[0][0],
+                    ERROR_ID: base,
+                    ERROR: f"id {base!r} cannot name a file under the output folder",
+                }
+            )
             continue
         suffix = f".{stem}" if stem not in (None, "target") else ""
         out = f"{base}.{ext}" if prompt is None else f"{base}/{slugs[prompt]}{suffix}.{ext}"
         items.append({**item, "id": out, ERROR: None, SOURCE: None, ERROR_ID: None})
     items.sort(key=lambda it: (it["shards"][0], it["rows"][0]))
-    schema = pa.schema([("id", pa.string()), ("clip_id", pa.string()), ("prompt", pa.string()),
-                        ("shards", pa.list_(pa.string())), ("rows", pa.list_(pa.int64())), (ERROR, pa.string()),
-                        (SOURCE, pa.string()), (ERROR_ID, pa.string())])
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("clip_id", pa.string()),
+            ("prompt", pa.string()),
+            ("shards", pa.list_(pa.string())),
+            ("rows", pa.list_(pa.int64())),
+            (ERROR, pa.string()),
+            (SOURCE, pa.string()),
+            (ERROR_ID, pa.string()),
+        ]
+    )
     return pa.Table.from_pylist(items + errors, schema), codecs
 
 
@@ -251,7 +299,9 @@ def run(cfg: ExportConfig) -> JobReport:
         if len(codecs) > 1 and not cfg.codec_weights:
             raise ValueError(f"rows of several codecs {sorted(codecs)}: export each with its --codec-weights")
         with report.stage("load_weights"):
-            weights, _ = resolve.codec_weights(cfg.codec_weights, None if cfg.codec_weights else next(iter(codecs), None))
+            weights, _ = resolve.codec_weights(
+                cfg.codec_weights, None if cfg.codec_weights else next(iter(codecs), None)
+            )
     report.extra["format"] = cfg.format
     stage = ExportStage(cfg.output, cfg.format, cfg.subtype, weights, cfg.window_seconds)
     return run_stage(stage, Items(items), cfg.output, cfg.ray, cfg.run, report)
@@ -266,19 +316,34 @@ def forget_runs(checkpoint: str) -> None:
 
 def parse_args(argv: list[str] | None) -> ExportConfig:
     p = job_config.job_parser("export", ExportConfig, __doc__.splitlines()[0])
-    p.add_argument("args", nargs="*", metavar="SRC DST [key=value ...]", help="input shard folder URI, output folder URI, then config overrides")
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="SRC DST [key=value ...]",
+        help="input shard folder URI, output folder URI, then config overrides",
+    )
     p.add_argument("--input", help="URI of the code shards (instead of SRC)")
     p.add_argument("--output", help="URI of the output folder (instead of DST)")
     p.add_argument("--format", choices=FORMATS)
-    p.add_argument("--codec-weights", help="DAC checkpoint URI (wav/flac; default: DAC's official download for the rows' codec)")
+    p.add_argument(
+        "--codec-weights", help="DAC checkpoint URI (wav/flac; default: DAC's official download for the rows' codec)"
+    )
     p.add_argument("--window-seconds", type=float, help="decoder window length")
     p.add_argument("--overwrite", action="store_true", default=None, help="forget earlier runs and rewrite every file")
     add_ray_arguments(p, batch_help="output files per actor call")
     a, (src, dst), overrides = job_config.parse_paths(p, argv)
     setup_logging(a.verbose)
     return job_config.load_config(
-        ExportConfig, a.config, overrides, input=a.input or src, output=a.output or dst, format=a.format,
-        codec_weights=a.codec_weights, window_seconds=a.window_seconds, overwrite=a.overwrite, **ray_values(a),
+        ExportConfig,
+        a.config,
+        overrides,
+        input=a.input or src,
+        output=a.output or dst,
+        format=a.format,
+        codec_weights=a.codec_weights,
+        window_seconds=a.window_seconds,
+        overwrite=a.overwrite,
+        **ray_values(a),
     )
 
 

@@ -114,8 +114,15 @@ class IngestStage(Stage):
                 compressed = self._codec().compress(audio, sample_rate)
             except (ValueError, RuntimeError) as e:
                 raise BadInput(f"cannot encode this audio with {self.codec_name}: {e}") from None
-            dac = DacFile(codes=compressed.codes, chunk_length=compressed.codes.shape[-1], original_length=audio.shape[1],
-                          input_db=compressed.input_db, channels=audio.shape[0], sample_rate=sample_rate, padding=True)
+            dac = DacFile(
+                codes=compressed.codes,
+                chunk_length=compressed.codes.shape[-1],
+                original_length=audio.shape[1],
+                input_db=compressed.input_db,
+                channels=audio.shape[0],
+                sample_rate=sample_rate,
+                padding=True,
+            )
             tally["encode_s"] += time.perf_counter() - t1
         rows = dac_to_rows(dac, clip_id, self.codec)
         for row in rows:  # a file lands whole or not at all, so export can rebuild it
@@ -138,9 +145,15 @@ def plan_items(src: str) -> pa.Table:
         owner.setdefault(clip_id, uri)
         uris.append(uri)
         ids.append(clip_id)
-    return pa.table({"source": pa.array(uris, pa.string()), "id": pa.array(ids, pa.string()),
-                     ERROR: pa.array(reasons, pa.string()), SOURCE: pa.array(uris, pa.string()),
-                     ERROR_ID: pa.array(ids, pa.string())})
+    return pa.table(
+        {
+            "source": pa.array(uris, pa.string()),
+            "id": pa.array(ids, pa.string()),
+            ERROR: pa.array(reasons, pa.string()),
+            SOURCE: pa.array(uris, pa.string()),
+            ERROR_ID: pa.array(ids, pa.string()),
+        }
+    )
 
 
 def run(cfg: IngestConfig) -> JobReport:
@@ -154,12 +167,19 @@ def run(cfg: IngestConfig) -> JobReport:
             weights, info = resolve.codec_weights(cfg.codec_weights, cfg.codec)
             codec = info.name
     report.extra["codec"] = codec
-    return run_stage(IngestStage(codec, weights, cfg.window_seconds), Items(items), cfg.output, cfg.ray, cfg.run, report)
+    return run_stage(
+        IngestStage(codec, weights, cfg.window_seconds), Items(items), cfg.output, cfg.ray, cfg.run, report
+    )
 
 
 def parse_args(argv: list[str] | None) -> IngestConfig:
     p = job_config.job_parser("ingest", IngestConfig, __doc__.splitlines()[0])
-    p.add_argument("args", nargs="*", metavar="SRC DST [key=value ...]", help="input folder/file URI, output folder URI, then config overrides")
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="SRC DST [key=value ...]",
+        help="input folder/file URI, output folder URI, then config overrides",
+    )
     p.add_argument("--input", help="URI of the audio / .dac files (instead of SRC)")
     p.add_argument("--output", help="URI of the code shards (instead of DST)")
     p.add_argument("--codec", help="codec of the output, e.g. dac_44khz (default: that of --codec-weights)")
@@ -169,8 +189,15 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
     a, (src, dst), overrides = job_config.parse_paths(p, argv)
     setup_logging(a.verbose)
     return job_config.load_config(
-        IngestConfig, a.config, overrides, input=a.input or src, output=a.output or dst, codec=a.codec,
-        codec_weights=a.codec_weights, window_seconds=a.window_seconds, **ray_values(a),
+        IngestConfig,
+        a.config,
+        overrides,
+        input=a.input or src,
+        output=a.output or dst,
+        codec=a.codec,
+        codec_weights=a.codec_weights,
+        window_seconds=a.window_seconds,
+        **ray_values(a),
     )
 
 

@@ -1,4 +1,5 @@
 """Audio files as users bring them, read the same way by every job."""
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,14 @@ def read_audio(data: bytes) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             declared = _TRUNCATED.search(f.extra_info)
-            if declared and int(declared.group(1)) not in _PLACEHOLDER_SIZES and int(declared.group(1)) > int(declared.group(2)):
-                raise BadInput(f"truncated audio file: data chunk declares {declared.group(1)} bytes, file holds {declared.group(2)}")
+            if (
+                declared
+                and int(declared.group(1)) not in _PLACEHOLDER_SIZES
+                and int(declared.group(1)) > int(declared.group(2))
+            ):
+                raise BadInput(
+                    f"truncated audio file: data chunk declares {declared.group(1)} bytes, file holds {declared.group(2)}"
+                )
             audio = f.read(dtype="float32", always_2d=True)
             sample_rate = f.samplerate
     except sf.SoundFileError as e:

@@ -23,6 +23,7 @@ The driver plans one work item per mixture (all random draws made there, seeded)
 stage reads and mixes the audio, encodes it, and returns its rows, which the runner writes
 to DST/train or DST/val (resumable like every job, keyed on `mix_id`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -123,8 +124,16 @@ def plan_dnr(src: str, cfg: PrepareTrainConfig) -> list[dict]:
         seg = int(round(cfg.segment_seconds * rate))
         split = split_of(clip, cfg.val_fraction)
         for k in range(max(1, n // seg)):
-            items.append({"kind": "dnr", "mix_id": f"{clip}/{k:04d}", "split": split, "folder": folder,
-                          "start": k * seg, "stop": min(n, (k + 1) * seg)})
+            items.append(
+                {
+                    "kind": "dnr",
+                    "mix_id": f"{clip}/{k:04d}",
+                    "split": split,
+                    "folder": folder,
+                    "start": k * seg,
+                    "stop": min(n, (k + 1) * seg),
+                }
+            )
     return items
 
 
@@ -162,10 +171,17 @@ def plan_generic(src: str, cfg: PrepareTrainConfig) -> list[dict]:
         chosen = sorted(rng.choice(len(names), size=k, replace=False).tolist())
         files = [by_caption[names[c]][int(rng.integers(len(by_caption[names[c]])))] for c in chosen]
         mix_id = f"mix{i:06d}"
-        items.append({"kind": "generic", "mix_id": mix_id, "split": split_of(mix_id, cfg.val_fraction),
-                      "stems": files, "captions": [names[c] for c in chosen],
-                      "gains_db": rng.uniform(*cfg.mixing.gain_db, size=k).tolist(),
-                      "offsets": rng.uniform(size=k).tolist()})
+        items.append(
+            {
+                "kind": "generic",
+                "mix_id": mix_id,
+                "split": split_of(mix_id, cfg.val_fraction),
+                "stems": files,
+                "captions": [names[c] for c in chosen],
+                "gains_db": rng.uniform(*cfg.mixing.gain_db, size=k).tolist(),
+                "offsets": rng.uniform(size=k).tolist(),
+            }
+        )
     return items
 
 
@@ -189,9 +205,14 @@ def dnr_labels(annots: bytes, start_s: float, stop_s: float) -> list[str]:
             raise ValueError(f"annots.csv has none of the columns {names}; columns: {sorted(cols)}")
         return found
 
-    label, start, end = pick("label", "class_label", "class", "class_name", "category"), \
-        pick("start", "start_time", "onset"), pick("end", "end_time", "stop", "offset")
-    labels = [r[label].strip() for r in rows if float(r[start]) < stop_s and float(r[end]) > start_s and r[label].strip()]
+    label, start, end = (
+        pick("label", "class_label", "class", "class_name", "category"),
+        pick("start", "start_time", "onset"),
+        pick("end", "end_time", "stop", "offset"),
+    )
+    labels = [
+        r[label].strip() for r in rows if float(r[start]) < stop_s and float(r[end]) > start_s and r[label].strip()
+    ]
     return list(dict.fromkeys(labels))
 
 
@@ -247,7 +268,9 @@ class PrepareStage(Stage):
                 continue
             rows += [{**r, DIR: item["split"]} for r in item_rows]
         table = rows_table(rows) if rows else None
-        return StageOutput(rows=table, errors=errors, tally={"audio_s": self.segment_seconds * (batch.num_rows - len(errors))})
+        return StageOutput(
+            rows=table, errors=errors, tally={"audio_s": self.segment_seconds * (batch.num_rows - len(errors))}
+        )
 
     def _sources(self, item: dict) -> tuple[np.ndarray, list[tuple[str, str, np.ndarray]], int]:
         """-> (mixture, [(target name, prompt, stem)], sample rate), before normalisation."""
@@ -285,9 +308,17 @@ class PrepareStage(Stage):
         mix_codes = self.codec.encode(mix[None], codec_rate)[0]
         rows = []
         for (name, prompt, _), stem in zip(targets, stems):
-            row = {"id": f"{item['mix_id']}#{name}", "mix_id": item["mix_id"], "target": name, "prompt": prompt,
-                   "mix_codes": mix_codes, "target_codes": self.codec.encode(stem[None], codec_rate)[0],
-                   "codec": self.codec.info.name, "sample_rate": codec_rate, "n_samples": mix.shape[0]}
+            row = {
+                "id": f"{item['mix_id']}#{name}",
+                "mix_id": item["mix_id"],
+                "target": name,
+                "prompt": prompt,
+                "mix_codes": mix_codes,
+                "target_codes": self.codec.encode(stem[None], codec_rate)[0],
+                "codec": self.codec.info.name,
+                "sample_rate": codec_rate,
+                "n_samples": mix.shape[0],
+            }
             if self.keep_audio:
                 row.update(mix_audio=mix, target_audio=stem)
             rows.append(row)
@@ -335,15 +366,26 @@ def run(cfg: PrepareTrainConfig) -> JobReport:
 
 def parse_args(argv: list[str] | None) -> PrepareTrainConfig:
     p = job_config.job_parser("prepare-train", PrepareTrainConfig, __doc__.splitlines()[0])
-    p.add_argument("args", nargs="*", metavar="SRC DST [key=value ...]", help="stems folder URI, output folder URI, then config overrides")
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="SRC DST [key=value ...]",
+        help="stems folder URI, output folder URI, then config overrides",
+    )
     p.add_argument("--layout", choices=LAYOUTS)
     p.add_argument("--codec-weights", help="DAC checkpoint URI (default: DAC's official download)")
     add_ray_arguments(p, batch_help="mixtures per actor call")
     a, (src, dst), overrides = job_config.parse_paths(p, argv)
     setup_logging(a.verbose)
     return job_config.load_config(
-        PrepareTrainConfig, a.config, overrides, input=src, output=dst, layout=a.layout,
-        codec_weights=a.codec_weights, **ray_values(a),
+        PrepareTrainConfig,
+        a.config,
+        overrides,
+        input=src,
+        output=dst,
+        layout=a.layout,
+        codec_weights=a.codec_weights,
+        **ray_values(a),
     )
 
 

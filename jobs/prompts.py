@@ -5,6 +5,7 @@
 clip in the table under NAME: a wav/flac/ogg file, a `.dac` file, or a code shard
 (`PATH#ID` picks a row; a shard of one row needs no `#ID`). Codes are decoded with the codec
 (`--codec-weights`, else DAC's official model)."""
+
 from __future__ import annotations
 
 import io
@@ -29,7 +30,9 @@ class PromptsConfig:
     prompts_file: str | None = None  # one prompt per line, added to `prompts`
     audio: list[str] = field(default_factory=list)  # NAME=PATH example clips (query by example)
     clap_checkpoint: str | None = None  # null: the default AudioSep checkpoint, downloaded by laion-clap
-    codec_weights: str | None = None  # DAC checkpoint URI for .dac / code-shard examples; null: official, for their codec
+    codec_weights: str | None = (
+        None  # DAC checkpoint URI for .dac / code-shard examples; null: official, for their codec
+    )
     device: str = "cpu"
 
 
@@ -59,9 +62,9 @@ def parse_examples(cfg: PromptsConfig, texts: list[str]) -> dict[str, str]:
 
 def code_rows(path: str) -> list[dict]:
     """The channel rows of a `.dac` file or of one code-shard row (`URI#ID`)."""
+    from codecsep_core import DAC_CODECS
     from storage import shards
     from storage.dacfile import dac_source_id, dac_to_rows, read_dac
-    from codecsep_core import DAC_CODECS
 
     if path.endswith(".dac"):
         dac = read_dac(sfs.read_bytes(path), path)
@@ -134,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="URI of the prompt table to write")
     p.add_argument("--prompt", dest="prompts", action="append", default=[], help="repeatable")
     p.add_argument("--prompts-file", help="text file, one prompt per line")
-    p.add_argument("--audio", action="append", default=[], metavar="NAME=PATH",
-                   help="example clip as a prompt named NAME: wav/flac/ogg, .dac, or code shards URI[#ID] (repeatable)")
+    p.add_argument(
+        "--audio",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="example clip as a prompt named NAME: wav/flac/ogg, .dac, or code shards URI[#ID] (repeatable)",
+    )
     p.add_argument("--codec-weights", help="DAC checkpoint URI, to decode .dac / code-shard examples")
     p.add_argument("--clap-checkpoint", help="CLAP checkpoint path")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -143,9 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(a.verbose)
 
     def body():
-        cfg = job_config.load_config(PromptsConfig, a.config, a.overrides, output=a.output, prompts=a.prompts,
-                                     prompts_file=a.prompts_file, clap_checkpoint=a.clap_checkpoint,
-                                     audio=a.audio, codec_weights=a.codec_weights)
+        cfg = job_config.load_config(
+            PromptsConfig,
+            a.config,
+            a.overrides,
+            output=a.output,
+            prompts=a.prompts,
+            prompts_file=a.prompts_file,
+            clap_checkpoint=a.clap_checkpoint,
+            audio=a.audio,
+            codec_weights=a.codec_weights,
+        )
         run(cfg).emit()
 
     return run_cli("prompts", body, argv)

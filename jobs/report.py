@@ -6,6 +6,7 @@ timeline of its active spans and, where `export` wrote its audio beside the data
 `--audio DIR`), a player. Charts are inline SVG and audio is embedded as data URIs, so the
 page needs no network and no other file. Only score columns are read, never the codes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,17 @@ from storage import shards
 log = logging.getLogger("codecsep.report")
 
 STAGE = "report"
-SCORE_COLUMNS = ("id", "prompt", "energy_kept", "mask_mean", "active_fraction", "active_spans", "n_samples",
-                 "sample_rate", "stem")
+SCORE_COLUMNS = (
+    "id",
+    "prompt",
+    "energy_kept",
+    "mask_mean",
+    "active_fraction",
+    "active_spans",
+    "n_samples",
+    "sample_rate",
+    "stem",
+)
 AUDIO_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 COLORS = {"energy_kept": "#2b6cb0", "mask_mean": "#2f855a", "active_fraction": "#b7791f", "span": "#c53030"}
 
@@ -65,24 +75,34 @@ def histogram_svg(values: list[float], bins: int, color: str, title: str, width:
         f'<rect x="{left + i * bar_w + 1:.1f}" y="{height - bottom - c / top * plot_h:.1f}" '
         f'width="{bar_w - 2:.1f}" height="{c / top * plot_h:.1f}" fill="{color}">'
         f"<title>{edges[i]:.2f}-{edges[i + 1]:.2f}: {c}</title></rect>"
-        for i, c in enumerate(counts))
-    axis = (f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#333"/>'
-            f'<line x1="{left}" y1="{height - bottom}" x2="{left}" y2="{height - bottom - plot_h}" stroke="#333"/>'
-            f'<text x="{left}" y="{height - 6}" font-size="11">0</text>'
-            f'<text x="{width - 10}" y="{height - 6}" font-size="11" text-anchor="end">{hi:.2g}</text>'
-            f'<text x="{left - 4}" y="{height - bottom - plot_h + 10}" font-size="11" text-anchor="end">{top}</text>')
-    return (f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">'
-            f'<text x="{width / 2}" y="14" font-size="12" text-anchor="middle">{html.escape(title)}</text>'
-            f"{axis}{bars}</svg>")
+        for i, c in enumerate(counts)
+    )
+    axis = (
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#333"/>'
+        f'<line x1="{left}" y1="{height - bottom}" x2="{left}" y2="{height - bottom - plot_h}" stroke="#333"/>'
+        f'<text x="{left}" y="{height - 6}" font-size="11">0</text>'
+        f'<text x="{width - 10}" y="{height - 6}" font-size="11" text-anchor="end">{hi:.2g}</text>'
+        f'<text x="{left - 4}" y="{height - bottom - plot_h + 10}" font-size="11" text-anchor="end">{top}</text>'
+    )
+    return (
+        f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">'
+        f'<text x="{width / 2}" y="14" font-size="12" text-anchor="middle">{html.escape(title)}</text>'
+        f"{axis}{bars}</svg>"
+    )
 
 
 def timeline_svg(spans: list, duration: float, width: int = 320, height: int = 18) -> str:
     """The clip as a grey bar with its active spans in colour."""
     scale = width / max(duration, 1e-9)
-    marks = "".join(f'<rect x="{s * scale:.1f}" y="2" width="{max(1.0, (e - s) * scale):.1f}" height="{height - 4}" '
-                    f'fill="{COLORS["span"]}"><title>{s:.2f}-{e:.2f} s</title></rect>' for s, e in spans)
-    return (f'<svg class="timeline" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-            f'<rect x="0" y="2" width="{width}" height="{height - 4}" fill="#e2e8f0"/>{marks}</svg>')
+    marks = "".join(
+        f'<rect x="{s * scale:.1f}" y="2" width="{max(1.0, (e - s) * scale):.1f}" height="{height - 4}" '
+        f'fill="{COLORS["span"]}"><title>{s:.2f}-{e:.2f} s</title></rect>'
+        for s, e in spans
+    )
+    return (
+        f'<svg class="timeline" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        f'<rect x="0" y="2" width="{width}" height="{height - 4}" fill="#e2e8f0"/>{marks}</svg>'
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -150,27 +170,36 @@ def clip_rows(rows: list[dict], audio: AudioFinder) -> str:
             f"<tr><td>{html.escape(r['id'])}</td><td>{r['energy_kept']:.3f}</td>"
             f"<td>{'' if fraction is None else f'{fraction:.2f}'}</td><td>{duration:.1f} s</td>"
             f"<td>{timeline_svg(spans, duration) if duration else ''}</td>"
-            f"<td>{player}</td></tr>")
+            f"<td>{player}</td></tr>"
+        )
     return "".join(out)
 
 
 def prompt_section(prompt: str, rows: list[dict], cfg: ReportConfig, audio: AudioFinder) -> str:
-    charts = [histogram_svg([r["energy_kept"] for r in rows], cfg.bins, COLORS["energy_kept"], "energy kept"),
-              histogram_svg([r["mask_mean"] for r in rows if r.get("mask_mean") is not None], cfg.bins,
-                            COLORS["mask_mean"], "mean mask value")]
+    charts = [
+        histogram_svg([r["energy_kept"] for r in rows], cfg.bins, COLORS["energy_kept"], "energy kept"),
+        histogram_svg(
+            [r["mask_mean"] for r in rows if r.get("mask_mean") is not None],
+            cfg.bins,
+            COLORS["mask_mean"],
+            "mean mask value",
+        ),
+    ]
     fractions = [r["active_fraction"] for r in rows if r.get("active_fraction") is not None]
     if fractions:
         charts.append(histogram_svg(fractions, cfg.bins, COLORS["active_fraction"], "active fraction"))
     ranked = sorted(rows, key=lambda r: (-r["energy_kept"], r["id"]))
-    top, bottom = ranked[: cfg.top], ranked[max(cfg.top, len(ranked) - cfg.top):][::-1]
+    top, bottom = ranked[: cfg.top], ranked[max(cfg.top, len(ranked) - cfg.top) :][::-1]
     header = "<tr><th>clip</th><th>energy kept</th><th>active</th><th>length</th><th>active spans</th><th></th></tr>"
     tables = f"<h3>top {len(top)}</h3><table>{header}{clip_rows(top, audio)}</table>"
     if bottom:
         tables += f"<h3>bottom {len(bottom)}</h3><table>{header}{clip_rows(bottom, audio)}</table>"
     mean = sum(r["energy_kept"] for r in rows) / len(rows)
-    return (f'<section data-prompt="{html.escape(prompt)}"><h2>{html.escape(prompt)}</h2>'
-            f"<p>{len(rows)} clips, mean energy kept {mean:.3f}</p>"
-            f'<div class="charts">{"".join(charts)}</div>{tables}</section>')
+    return (
+        f'<section data-prompt="{html.escape(prompt)}"><h2>{html.escape(prompt)}</h2>'
+        f"<p>{len(rows)} clips, mean energy kept {mean:.3f}</p>"
+        f'<div class="charts">{"".join(charts)}</div>{tables}</section>'
+    )
 
 
 def render(cfg: ReportConfig, rows: list[dict]) -> str:
@@ -180,10 +209,12 @@ def render(cfg: ReportConfig, rows: list[dict]) -> str:
     audio = AudioFinder([cfg.input, *cfg.audio], set(by_prompt), cfg.max_audio_mb * 2**20)
     sections = "".join(prompt_section(p, by_prompt[p], cfg, audio) for p in sorted(by_prompt))
     clips = len({r["id"] for r in rows})
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>codecsep report</title>'
-            f"<style>{STYLE}</style></head><body><h1>Separation report</h1>"
-            f"<p>{html.escape(cfg.input)}: {len(rows)} rows, {clips} clips, {len(by_prompt)} prompts</p>"
-            f"{sections or '<p>no rows</p>'}</body></html>")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>codecsep report</title>'
+        f"<style>{STYLE}</style></head><body><h1>Separation report</h1>"
+        f"<p>{html.escape(cfg.input)}: {len(rows)} rows, {clips} clips, {len(by_prompt)} prompts</p>"
+        f"{sections or '<p>no rows</p>'}</body></html>"
+    )
 
 
 def run(cfg: ReportConfig) -> JobReport:
@@ -199,8 +230,12 @@ def run(cfg: ReportConfig) -> JobReport:
     report.rows_out = 1
     report.audio_hours = sum(r["n_samples"] / r["sample_rate"] for r in rows if r.get("n_samples")) / 3600
     report.wall_s = time.perf_counter() - t0
-    report.extra = {"output": cfg.output, "bytes": len(page.encode()),
-                    "prompts": sorted({r["prompt"] for r in rows}), "clips": len({r["id"] for r in rows})}
+    report.extra = {
+        "output": cfg.output,
+        "bytes": len(page.encode()),
+        "prompts": sorted({r["prompt"] for r in rows}),
+        "clips": len({r["id"] for r in rows}),
+    }
     return report
 
 
@@ -213,8 +248,9 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
-    return job_config.load_config(ReportConfig, a.config, a.overrides, input=a.input, output=a.output,
-                                  audio=a.audio, top=a.top)
+    return job_config.load_config(
+        ReportConfig, a.config, a.overrides, input=a.input, output=a.output, audio=a.audio, top=a.top
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,9 @@ def codec_weights(uri: str | None, codec: str | None, s3: sfs.S3Options | None =
         data = official_weights(name.split("_", 1)[1]).read_bytes()
     info = CodecTables.from_dac_checkpoint(data).info
     if codec is not None and info.name != codec:
-        raise UsageError(f"the codec weights are a {info.name} model, but codec={codec}: drop codec= or pass {codec} weights")
+        raise UsageError(
+            f"the codec weights are a {info.name} model, but codec={codec}: drop codec= or pass {codec} weights"
+        )
     return data, info
 
 
@@ -63,7 +65,11 @@ FIXED_ENCODER = "fixed-random-unit-vectors:sha256"
 
 
 def prompt_vectors(
-    prompts: list[str], table_uri: str | None, clap_checkpoint: str | None, dim: int, encoder: str | None = None,
+    prompts: list[str],
+    table_uri: str | None,
+    clap_checkpoint: str | None,
+    dim: int,
+    encoder: str | None = None,
     fixed_if_offline: bool = False,
 ) -> tuple[np.ndarray, str | None]:
     """([P, dim] float32 vectors of `prompts`, the encoder that made them): from the prompt
@@ -77,15 +83,25 @@ def prompt_vectors(
     if table_uri:
         table = read_prompt_table(table_uri)
         if table.embeddings.shape[1] != dim:
-            raise UsageError(f"prompt table {table_uri} holds {table.embeddings.shape[1]}-d vectors; the masker takes {dim}-d ones")
-        _same_encoder(table.encoder, encoder, f"prompt table {table_uri} was made by {table.encoder!r}, the masker was trained on {encoder!r} vectors")
+            raise UsageError(
+                f"prompt table {table_uri} holds {table.embeddings.shape[1]}-d vectors; the masker takes {dim}-d ones"
+            )
+        _same_encoder(
+            table.encoder,
+            encoder,
+            f"prompt table {table_uri} was made by {table.encoder!r}, the masker was trained on {encoder!r} vectors",
+        )
         encoder = table.encoder or encoder
         known = [p for p in prompts if p in table.prompts]
         found = dict(zip(known, table.vectors(known)))
     missing = [p for p in prompts if p not in found]
     if missing:
         vectors, new_encoder = _embed(missing, clap_checkpoint, fixed_if_offline)
-        _same_encoder(encoder, new_encoder, f"prompt vectors come from {encoder!r}, but prompts missing from the table would be embedded by {new_encoder!r}")
+        _same_encoder(
+            encoder,
+            new_encoder,
+            f"prompt vectors come from {encoder!r}, but prompts missing from the table would be embedded by {new_encoder!r}",
+        )
         found.update(zip(missing, vectors))
         encoder = new_encoder
     return np.stack([np.asarray(found[p], np.float32) for p in prompts]), encoder
@@ -101,15 +117,20 @@ def _embed(prompts: list[str], clap_checkpoint: str | None, fixed_if_offline: bo
     except PromptEncoderUnavailable as e:
         if not fixed_if_offline:
             raise
-        log.warning("CLAP unavailable: prompts get FIXED RANDOM VECTORS, not CLAP embeddings; the masker "
-                    "will only understand the exact training prompts (%s)", e)
+        log.warning(
+            "CLAP unavailable: prompts get FIXED RANDOM VECTORS, not CLAP embeddings; the masker "
+            "will only understand the exact training prompts (%s)",
+            e,
+        )
         return fixed_prompt_vectors(prompts), FIXED_ENCODER
     return clap.encode(prompts).numpy(), clap.name
 
 
 def _same_encoder(have: str | None, want: str | None, message: str) -> None:
     if have is not None and want is not None and have != want:
-        raise UsageError(f"{message}: vectors of two encoders do not compare; embed every prompt with one encoder (codecsep prompts)")
+        raise UsageError(
+            f"{message}: vectors of two encoders do not compare; embed every prompt with one encoder (codecsep prompts)"
+        )
 
 
 # --------------------------------------------------------------------------- device
@@ -126,7 +147,9 @@ def check_device(device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         import socket
 
-        raise DeviceUnavailable(f"GPUs were asked for (--gpus-per-actor) but CUDA is not available on {socket.gethostname()}")
+        raise DeviceUnavailable(
+            f"GPUs were asked for (--gpus-per-actor) but CUDA is not available on {socket.gethostname()}"
+        )
 
 
 def check_cluster_gpus(ray, num_gpus: float) -> None:

@@ -119,9 +119,12 @@ class StageActor:
             parts.append(self._error_rows(errors))
         tally = dict(out.tally) if out is not None else {}
         self.tally.add.remote(
-            rows=batch.num_rows, rows_out=out.rows.num_rows if out is not None and out.rows is not None else 0,
-            errors=early.num_rows + len(errors), process_s=time.perf_counter() - t0,
-            peak_actor_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **tally,
+            rows=batch.num_rows,
+            rows_out=out.rows.num_rows if out is not None and out.rows is not None else 0,
+            errors=early.num_rows + len(errors),
+            process_s=time.perf_counter() - t0,
+            peak_actor_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **tally,
         )
         if not parts:
             return pa.table({self.stage.key: pa.array([], pa.string()), sources.ERROR: pa.array([], pa.string())})
@@ -199,8 +202,13 @@ def checkpoint_uri(output: str, options: RunOptions) -> str:
 
 
 def run_stage(
-    stage: Stage, inputs: Shards | Items, output: str, ray_options: RayOptions, options: RunOptions,
-    report: JobReport, s3: sfs.S3Options | None = None,
+    stage: Stage,
+    inputs: Shards | Items,
+    output: str,
+    ray_options: RayOptions,
+    options: RunOptions,
+    report: JobReport,
+    s3: sfs.S3Options | None = None,
 ) -> JobReport:
     """Run `stage` over `inputs` into `output`; fills and returns `report`. Raises
     `JobFailed` (after everything is written) when errors exceed the error budget, or when
@@ -211,7 +219,9 @@ def run_stage(
     for uri in (output, checkpoint):
         sfs.check_bucket(uri, s3)
     if options.retry_errors:
-        log.info("%s: %d input(s) that failed before are due again", stage.name, forget_errors(output, checkpoint, stage, s3))
+        log.info(
+            "%s: %d input(s) that failed before are due again", stage.name, forget_errors(output, checkpoint, stage, s3)
+        )
     if isinstance(inputs, Shards):
         with report.stage("list_inputs"):
             files = sfs.list_files(inputs.uri, [".parquet"], s3)
@@ -242,7 +252,8 @@ def run_stage(
         raise JobFailed(
             f"{report.errors} of {processed} input rows failed, over max_error_fraction={options.max_error_fraction}: "
             f"see {sfs.join(output, '_errors')}",
-            report, exit_code=3,
+            report,
+            exit_code=3,
         )
     return report
 
@@ -271,7 +282,9 @@ def _execute(ray, stage, source, output, ray_options: RayOptions, options: RunOp
     ds = ds.map_batches(
         StageActor,
         fn_constructor_kwargs=dict(
-            stage=stage, tally=tally, device=device_for(ray_options.num_gpus_per_actor),
+            stage=stage,
+            tally=tally,
+            device=device_for(ray_options.num_gpus_per_actor),
             cpu_threads=max(1, int(ray_options.num_cpus_per_actor)),
         ),
         batch_size=ray_options.batch_size,
@@ -321,8 +334,12 @@ def _watch(writer: threading.Thread, tally, name: str, options: RunOptions, ray)
         if seen != last:
             last, last_change = seen, time.monotonic()
             log.info(
-                "%s: %d rows done (%d out, %d errors), %.3f h audio", name, totals.get("rows", 0),
-                totals.get("rows_out", 0), totals.get("errors", 0), totals.get("audio_s", 0.0) / 3600,
+                "%s: %d rows done (%d out, %d errors), %.3f h audio",
+                name,
+                totals.get("rows", 0),
+                totals.get("rows_out", 0),
+                totals.get("errors", 0),
+                totals.get("audio_s", 0.0) / 3600,
             )
         elif writer.is_alive() and time.monotonic() - last_change > options.stall_timeout_s:
             state = _cluster_state(ray)
@@ -342,7 +359,9 @@ def _cluster_state(ray) -> str:
     try:
         from ray.util.state import list_actors
 
-        waiting = [a for a in list_actors(timeout=10) if a.state in ("PENDING_CREATION", "RESTARTING", "DEPENDENCIES_UNREADY")]
+        waiting = [
+            a for a in list_actors(timeout=10) if a.state in ("PENDING_CREATION", "RESTARTING", "DEPENDENCIES_UNREADY")
+        ]
         states = ", ".join(f"{a.class_name} {a.state.lower()}" for a in waiting[:8]) or "no actor pending or restarting"
         return f"actors waiting: {states}; free resources: {ray.available_resources()}"
     except Exception as e:  # noqa: BLE001 - diagnostics must not mask the stall itself

@@ -92,9 +92,13 @@ def add_ray_arguments(parser, batch_help: str = "rows per actor call") -> None:
 def ray_values(args) -> dict:
     actors = args.actors if args.actors is None or ":" in args.actors else int(args.actors)
     return {
-        "ray.address": args.address, "ray.num_actors": actors, "ray.num_cpus_per_actor": args.cpus_per_actor,
-        "ray.num_gpus_per_actor": args.gpus_per_actor, "ray.batch_size": args.batch_size,
-        "run.retry_errors": args.retry_errors, "run.max_error_fraction": args.max_error_fraction,
+        "ray.address": args.address,
+        "ray.num_actors": actors,
+        "ray.num_cpus_per_actor": args.cpus_per_actor,
+        "ray.num_gpus_per_actor": args.gpus_per_actor,
+        "ray.batch_size": args.batch_size,
+        "run.retry_errors": args.retry_errors,
+        "run.max_error_fraction": args.max_error_fraction,
         "run.stall_timeout_s": args.stall_timeout,
     }
 
@@ -187,8 +191,13 @@ def init_ray(options: RayOptions):
             # Two logical CPUs more than the machine has: Ray Data's checkpoint filter actor
             # and the read tasks each hold one while I/O-light, and without the spare slots
             # they deadlock against the stage's actors on a small machine.
-            ray.init(address="local", num_cpus=local_logical_cpus(), include_dashboard=False,
-                     log_to_driver=True, logging_level="WARNING")
+            ray.init(
+                address="local",
+                num_cpus=local_logical_cpus(),
+                include_dashboard=False,
+                log_to_driver=True,
+                logging_level="WARNING",
+            )
         log.info("ray: %s", "connected to " + options.address if options.address else "embedded local cluster")
     return ray
 
@@ -213,10 +222,16 @@ class JobReport:
 
     def to_dict(self) -> dict:
         return {
-            "job": self.job, "rows_in": self.rows_in, "rows_out": self.rows_out, "errors": self.errors,
-            "skipped_done": self.skipped_done, "audio_hours": round(self.audio_hours, 6),
-            "wall_s": round(self.wall_s, 3), "x_realtime": round(self.x_realtime, 2),
-            "stages_s": {k: round(v, 3) for k, v in self.stages_s.items()}, **self.extra,
+            "job": self.job,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "errors": self.errors,
+            "skipped_done": self.skipped_done,
+            "audio_hours": round(self.audio_hours, 6),
+            "wall_s": round(self.wall_s, 3),
+            "x_realtime": round(self.x_realtime, 2),
+            "stages_s": {k: round(v, 3) for k, v in self.stages_s.items()},
+            **self.extra,
         }
 
     def summary(self) -> str:

@@ -10,6 +10,7 @@ prompt, start/end seconds and scores. Rerunning writes the same shards and ids.
 
 This runs on the driver with pyarrow, one input shard at a time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +60,10 @@ def selected_rows(cfg: SelectConfig, table: pa.Table) -> pa.Table:
     missing = [c for c in needed if c not in names]
     if missing:
         activity = {"active_spans", "active_fraction"} & set(missing)
-        raise ValueError(f"the input lacks column(s) {missing}: is it a separated dataset"
-                         f"{' with activity columns' if activity else ''}?")
+        raise ValueError(
+            f"the input lacks column(s) {missing}: is it a separated dataset"
+            f"{' with activity columns' if activity else ''}?"
+        )
     keep = pc.field("prompt") == cfg.prompt
     if "stem" in names:
         keep &= pc.field("stem") == cfg.stem
@@ -136,8 +139,9 @@ def run(cfg: SelectConfig) -> JobReport:
             good = []
             for row, made in output_rows(cfg, picked.to_pylist(), archive):
                 if isinstance(made, str):
-                    errors.append({"id": row["id"], "source": shard, "stage": STAGE, "prompt": cfg.prompt,
-                                   "reason": made})
+                    errors.append(
+                        {"id": row["id"], "source": shard, "stage": STAGE, "prompt": cfg.prompt, "reason": made}
+                    )
                     continue
                 good.append(made[0])
                 manifest.append(made[1])
@@ -167,8 +171,15 @@ def parse_args(argv: list[str] | None) -> SelectConfig:
     a = p.parse_args(argv)
     setup_logging(a.verbose)
     return job_config.load_config(
-        SelectConfig, a.config, a.overrides, input=a.input, output=a.output, prompt=a.prompt,
-        min_active_fraction=a.min_active_fraction, min_energy_kept=a.min_energy_kept, spans=a.spans,
+        SelectConfig,
+        a.config,
+        a.overrides,
+        input=a.input,
+        output=a.output,
+        prompt=a.prompt,
+        min_active_fraction=a.min_active_fraction,
+        min_energy_kept=a.min_energy_kept,
+        spans=a.spans,
         codes_from=a.codes_from,
     )
 

@@ -25,8 +25,8 @@ from jobs import config as job_config
 from jobs import resolve
 from jobs.runner import Shards, run_stage
 from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, ray_values, run_cli, setup_logging
-from jobs.stage import ErrorRow, Stage, StageOutput
 from jobs.sources import SOURCE
+from jobs.stage import ErrorRow, Stage, StageOutput
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.separate")
@@ -84,7 +84,9 @@ class SeparateStage(Stage):
 
         from codecsep_core import CodecTables, Separator, load_masker
 
-        self.separator = Separator(CodecTables.load(self.tables_bytes), load_masker(self.masker_bytes).to(device), self.config)
+        self.separator = Separator(
+            CodecTables.load(self.tables_bytes), load_masker(self.masker_bytes).to(device), self.config
+        )
         self.codec = self.separator.tables.info
         self.embeddings = torch.tensor(self.vectors)  # a copy: shipped arrays arrive read-only
         self.exclude = torch.tensor(self.exclude_vectors) if len(self.exclude_vectors) else None
@@ -107,10 +109,18 @@ class SeparateStage(Stage):
         meta = rows.drop_columns(["codes"]).to_pylist()
         spans = [separable_segments(row, c.shape[1]) for row, c in zip(meta, codes)]
         t0 = time.perf_counter()
-        results = separate_chunked(self.separator, [torch.from_numpy(c.astype(np.int64)) for c in codes], spans,
-                                   self.embeddings, residual="residual" in self.stems, exclude=self.exclude)
-        tally = {"separate_s": time.perf_counter() - t0,
-                 "audio_s": float(np.sum(rows["n_samples"].to_numpy() / rows["sample_rate"].to_numpy()))}
+        results = separate_chunked(
+            self.separator,
+            [torch.from_numpy(c.astype(np.int64)) for c in codes],
+            spans,
+            self.embeddings,
+            residual="residual" in self.stems,
+            exclude=self.exclude,
+        )
+        tally = {
+            "separate_s": time.perf_counter() - t0,
+            "audio_s": float(np.sum(rows["n_samples"].to_numpy() / rows["sample_rate"].to_numpy())),
+        }
         return StageOutput(rows=self._output_rows(rows, results), errors=errors, tally=tally)
 
     def _output_rows(self, rows: pa.Table, results) -> pa.Table:
@@ -131,10 +141,12 @@ class SeparateStage(Stage):
                     t = t.set_column(t.schema.get_field_index("codes"), "codes", codes_to_arrow(codes))
                 scores = [r.scores if target else r.residual_scores for r in results]
                 values = {
-                    "prompt": [prompt] * n, "stem": [stem] * n,
+                    "prompt": [prompt] * n,
+                    "stem": [stem] * n,
                     "energy_kept": [float(sc["energy_kept"][p]) for sc in scores],
                     "mask_mean": [float(sc["mask_mean"][p]) for sc in scores],
-                    "active_fraction": [a[p].fraction for a in activity], "active_spans": [a[p].spans for a in activity],
+                    "active_fraction": [a[p].fraction for a in activity],
+                    "active_spans": [a[p].spans for a in activity],
                 }
                 for name, column in values.items():
                     t = t.append_column(SCORE_COLUMNS.field(name), pa.array(column, SCORE_COLUMNS.field(name).type))
@@ -150,7 +162,10 @@ def run(cfg: SeparateConfig) -> JobReport:
     with report.stage("prompt_embeddings"):
         masker = sfs.read_bytes(cfg.masker)
         vectors, encoder = resolve.prompt_vectors(
-            cfg.prompts + cfg.exclude, cfg.prompt_table, cfg.clap_checkpoint, masker_config(masker).cond_dim,
+            cfg.prompts + cfg.exclude,
+            cfg.prompt_table,
+            cfg.clap_checkpoint,
+            masker_config(masker).cond_dim,
             masker_prompt_encoder(masker),
         )
     with report.stage("load_models"):
@@ -166,7 +181,9 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
     p.add_argument("--input", help="URI of the code shards")
     p.add_argument("--output", help="URI of the separated shards")
     p.add_argument("--prompt", dest="prompts", action="append", default=[], help="repeatable")
-    p.add_argument("--exclude", action="append", default=[], help="negative prompt, removed from every target (repeatable)")
+    p.add_argument(
+        "--exclude", action="append", default=[], help="negative prompt, removed from every target (repeatable)"
+    )
     p.add_argument("--residual", action="store_true", default=None, help="also write each prompt's residual stem")
     p.add_argument("--emit", choices=EMITS, help="codes (default) or scores: scores and activity only, no codes")
     p.add_argument("--masker", help="masker checkpoint URI (.safetensors)")
@@ -178,10 +195,20 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
     a = p.parse_args(argv)
     setup_logging(a.verbose)
     return job_config.load_config(
-        SeparateConfig, a.config, a.overrides,
-        input=a.input, output=a.output, prompts=a.prompts, exclude=a.exclude, residual=a.residual, emit=a.emit,
-        masker=a.masker, codec_tables=a.codec_tables,
-        codec_weights=a.codec_weights, prompt_table=a.prompt_table, **ray_values(a),
+        SeparateConfig,
+        a.config,
+        a.overrides,
+        input=a.input,
+        output=a.output,
+        prompts=a.prompts,
+        exclude=a.exclude,
+        residual=a.residual,
+        emit=a.emit,
+        masker=a.masker,
+        codec_tables=a.codec_tables,
+        codec_weights=a.codec_weights,
+        prompt_table=a.prompt_table,
+        **ray_values(a),
     )
 
 

@@ -29,8 +29,13 @@ from storage.schema import ERRORS_SCHEMA
 class ShardSink(BlockBasedFileDatasink):
     def __init__(self, output: str, stage: str, key: str, s3: sfs.S3Options, min_rows_per_file: int | None = None):
         fs, path = sfs.pyarrow_filesystem(output, s3)
-        super().__init__(path, filesystem=fs, file_format="parquet", min_rows_per_file=min_rows_per_file,
-                         try_create_dir=not sfs.is_object_store(output))  # object stores need no folders
+        super().__init__(
+            path,
+            filesystem=fs,
+            file_format="parquet",
+            min_rows_per_file=min_rows_per_file,
+            try_create_dir=not sfs.is_object_store(output),
+        )  # object stores need no folders
         self.output, self.stage, self.key, self.s3 = output, stage, key, s3
 
     def write_block(self, block: BlockAccessor, block_index: int, ctx) -> None:
@@ -54,7 +59,9 @@ class ShardSink(BlockBasedFileDatasink):
 
         ids = column(ERROR_ID)
         stage = pa.array([self.stage] * n, pa.string())
-        return pa.Table.from_arrays([ids, column(SOURCE), stage, column(ERROR_PROMPT), column(ERROR)], schema=ERRORS_SCHEMA)
+        return pa.Table.from_arrays(
+            [ids, column(SOURCE), stage, column(ERROR_PROMPT), column(ERROR)], schema=ERRORS_SCHEMA
+        )
 
     def _put(self, uri: str, table: pa.Table) -> None:
         if table.num_rows:

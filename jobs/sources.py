@@ -97,8 +97,13 @@ class ShardsSource(Datasource):
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
-        groups = [list(g) for g in np.array_split(np.array(self.files, dtype=object), max(1, min(parallelism, len(self.files))))]
-        read = functools.partial(_read_shards, key=self.key, rows_per_block=self.rows_per_block, s3=self.s3, tally=self.tally)
+        groups = [
+            list(g)
+            for g in np.array_split(np.array(self.files, dtype=object), max(1, min(parallelism, len(self.files))))
+        ]
+        read = functools.partial(
+            _read_shards, key=self.key, rows_per_block=self.rows_per_block, s3=self.s3, tally=self.tally
+        )
         return [
             ReadTask(functools.partial(read, group), BlockMetadata(None, None, None, input_files=group))
             for group in groups

@@ -5,6 +5,7 @@
 separator has something real to learn. Where no DAC weights can be downloaded,
 `fitted_random_codec` makes the codec these sources are encoded with.
 """
+
 from __future__ import annotations
 
 import csv
@@ -76,7 +77,9 @@ def write_sources(folder: str | Path, per_kind: int, seconds: float, rate: int =
     return folder
 
 
-def fitted_random_codec(path: str | Path, seed: int = 0, per_kind: int = 20, seconds: float = 1.0, rate: int = 16000) -> Path:
+def fitted_random_codec(
+    path: str | Path, seed: int = 0, per_kind: int = 20, seconds: float = 1.0, rate: int = 16000
+) -> Path:
     """A fixed-seed random DAC 16 kHz fitted (`codecsep_core.codec_fit`) to sources of every
     kind and to their mixtures, saved at `path` as DAC saves a checkpoint: the stand-in for
     trained DAC weights. Its sources are drawn apart from any that `write_sources` makes

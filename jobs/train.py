@@ -15,6 +15,7 @@ metrics-from-<start step>.json, and masker.safetensors at the end, which `separa
 and `evaluate` load. A rerun, or a worker restarted by Ray Train, resumes
 from the latest checkpoint; validation loss and latent SNR are logged and reported.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,9 @@ class TrainConfig:
     cache_data: bool = True  # keep each worker's data shard in memory after the first epoch
     max_failures: int = 3  # worker or node losses survived: workers restart from the latest checkpoint
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    ray: RayOptions = field(default_factory=lambda: RayOptions(num_cpus_per_actor=1.0))  # actors: workers; batch: per worker
+    ray: RayOptions = field(
+        default_factory=lambda: RayOptions(num_cpus_per_actor=1.0)
+    )  # actors: workers; batch: per worker
     ray_storage_path: str | None = None  # Ray Train's run folder (null: a local temporary folder)
 
     def check(self) -> None:
@@ -96,8 +99,11 @@ def latest_checkpoint(output: str) -> tuple[int, str] | None:
     folder = checkpoint_dir(output)
     if not sfs.exists(folder):
         return None
-    found = [(int(m.group(1)), u) for u in sfs.list_files(folder, [".safetensors"])
-             if (m := CHECKPOINT_NAME.fullmatch(posixpath.basename(u)))]
+    found = [
+        (int(m.group(1)), u)
+        for u in sfs.list_files(folder, [".safetensors"])
+        if (m := CHECKPOINT_NAME.fullmatch(posixpath.basename(u)))
+    ]
     return max(found) if found else None
 
 
@@ -132,8 +138,13 @@ def prepare_prompts(cfg: TrainConfig):
 
     uri = sfs.join(cfg.output, "prompts.parquet")
     prompts = distinct_prompts(cfg.data)
-    vectors, encoder = resolve.prompt_vectors(prompts, uri if sfs.exists(uri) else cfg.prompt_table, cfg.clap_checkpoint,
-                                              dim=512, fixed_if_offline=cfg.fixed_prompts_if_offline)
+    vectors, encoder = resolve.prompt_vectors(
+        prompts,
+        uri if sfs.exists(uri) else cfg.prompt_table,
+        cfg.clap_checkpoint,
+        dim=512,
+        fixed_if_offline=cfg.fixed_prompts_if_offline,
+    )
     table = PromptTable(tuple(prompts), vectors, encoder)
     write_prompt_table(uri, table)
     return table
@@ -154,8 +165,9 @@ class _Data:
     ~1.2 kB per second of audio), then reshuffled locally each epoch; without it every
     epoch streams the shard again (datasets larger than a worker's memory)."""
 
-    def __init__(self, shard, prompts: dict, segment_frames: int, batch_size: int, hop: int, with_audio: bool,
-                 cache: bool):
+    def __init__(
+        self, shard, prompts: dict, segment_frames: int, batch_size: int, hop: int, with_audio: bool, cache: bool
+    ):
         self.shard, self.prompts, self.segment_frames = shard, prompts, segment_frames
         self.batch_size, self.hop, self.with_audio = batch_size, hop, with_audio
         self.cache = cache
@@ -165,8 +177,11 @@ class _Data:
         import pyarrow as pa
 
         if not self.cache:
-            kwargs = {"local_shuffle_buffer_size": 4 * self.batch_size,
-                      "local_shuffle_seed": int(rng.integers(2**31))} if shuffle else {}
+            kwargs = (
+                {"local_shuffle_buffer_size": 4 * self.batch_size, "local_shuffle_seed": int(rng.integers(2**31))}
+                if shuffle
+                else {}
+            )
             yield from self.shard.iter_batches(batch_size=self.batch_size, batch_format="pyarrow", **kwargs)
             return
         if self._table is None:
@@ -183,8 +198,15 @@ class _Data:
         for b in self._tables(rng, shuffle):
             cond = np.stack([self.prompts[p] for p in b["prompt"].to_pylist()])
             audio = [np.asarray(a, np.float32) for a in b["target_audio"].to_pylist()] if self.with_audio else None
-            yield collate(codes_column_to_numpy(b["mix_codes"]), codes_column_to_numpy(b["target_codes"]), cond,
-                          self.segment_frames, rng, audio, self.hop)
+            yield collate(
+                codes_column_to_numpy(b["mix_codes"]),
+                codes_column_to_numpy(b["target_codes"]),
+                cond,
+                self.segment_frames,
+                rng,
+                audio,
+                self.hop,
+            )
 
 
 def _loss_fn(cfg: TrainConfig, device):
@@ -243,8 +265,12 @@ def train_loop(loop: dict) -> None:
     with_audio = cfg.loss == "sisdr" and loop["has_audio"]
 
     def to_device(b):
-        return training.Batch(*(t.to(device) if t is not None else None for t in
-                                (b.mix_codes, b.target_codes, b.valid, b.cond, b.target_audio)))
+        return training.Batch(
+            *(
+                t.to(device) if t is not None else None
+                for t in (b.mix_codes, b.target_codes, b.valid, b.cond, b.target_audio)
+            )
+        )
 
     args = (prompts, cfg.segment_frames, cfg.ray.batch_size, hop, with_audio, cfg.cache_data)
     train_data = _Data(ray.train.get_dataset_shard("train"), *args)
@@ -255,26 +281,39 @@ def train_loop(loop: dict) -> None:
     while step < cfg.max_steps:
         for batch in train_data.batches(rng, shuffle=True):
             b = to_device(batch)
-            stats = training.train_step(model, optimizer, lambda: loss_of(model, tables, b),
-                                        opt.grad_clip or None)
+            stats = training.train_step(model, optimizer, lambda: loss_of(model, tables, b), opt.grad_clip or None)
             step += 1
             running.append(stats["loss"])
             if step % cfg.log_every == 0:
-                log.info("step %d: train loss %.3f (%.2f s/step)", step, np.mean(running), (time.perf_counter() - t0) / len(running))
+                log.info(
+                    "step %d: train loss %.3f (%.2f s/step)",
+                    step,
+                    np.mean(running),
+                    (time.perf_counter() - t0) / len(running),
+                )
                 t0, running = time.perf_counter(), []
             last = step >= cfg.max_steps
             if step % cfg.val_every == 0 or last:
                 metrics = {"step": step, "resumed_from": resumed_from, "train_loss": float(stats["loss"])}
                 if val_data is not None:
                     metrics.update(_validate(model, tables, loss_of, val_data, to_device))
-                    log.info("step %d: val loss %.3f, val latent SNR %.2f dB", step, metrics["val_loss"], metrics["val_latent_snr"])
+                    log.info(
+                        "step %d: val loss %.3f, val latent SNR %.2f dB",
+                        step,
+                        metrics["val_loss"],
+                        metrics["val_latent_snr"],
+                    )
                 ray.train.report(metrics)
                 if rank == 0:
                     history.append(metrics)
-                    sfs.write_bytes_atomic(sfs.join(cfg.output, f"metrics-from-{resumed_from:09d}.json"),
-                                           json.dumps(history, indent=1).encode())
+                    sfs.write_bytes_atomic(
+                        sfs.join(cfg.output, f"metrics-from-{resumed_from:09d}.json"),
+                        json.dumps(history, indent=1).encode(),
+                    )
             if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
-                uri = save_checkpoint(cfg.output, training.checkpoint_to_bytes(masker, optimizer, step), step, cfg.keep_checkpoints)
+                uri = save_checkpoint(
+                    cfg.output, training.checkpoint_to_bytes(masker, optimizer, step), step, cfg.keep_checkpoints
+                )
                 log.info("step %d: checkpoint %s", step, uri)
             if last:
                 break
@@ -347,15 +386,28 @@ def run(cfg: TrainConfig) -> JobReport:
         datasets["val"] = read_split(ray, val_uri, with_audio)
     resolve.check_cluster_gpus(ray, cfg.ray.num_gpus_per_actor)
     loop_cfg = {
-        "cfg": cfg, "tables": tables_uri, "prompts": list(table.prompts), "embeddings": table.embeddings.tolist(),
-        "encoder": table.encoder, "has_val": has_val, "has_audio": has_audio,
+        "cfg": cfg,
+        "tables": tables_uri,
+        "prompts": list(table.prompts),
+        "embeddings": table.embeddings.tolist(),
+        "encoder": table.encoder,
+        "has_val": has_val,
+        "has_audio": has_audio,
     }
     trainer = TorchTrainer(
-        train_loop, train_loop_config=loop_cfg, datasets=datasets,
-        scaling_config=ScalingConfig(num_workers=cfg.ray.max_actors, use_gpu=cfg.ray.num_gpus_per_actor > 0,
-                                     resources_per_worker={"CPU": cfg.ray.num_cpus_per_actor}),
-        run_config=RunConfig(name=f"codecsep-train-{int(time.time())}", failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             storage_path=cfg.ray_storage_path or tempfile.gettempdir() + "/codecsep-ray-train"),
+        train_loop,
+        train_loop_config=loop_cfg,
+        datasets=datasets,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.ray.max_actors,
+            use_gpu=cfg.ray.num_gpus_per_actor > 0,
+            resources_per_worker={"CPU": cfg.ray.num_cpus_per_actor},
+        ),
+        run_config=RunConfig(
+            name=f"codecsep-train-{int(time.time())}",
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            storage_path=cfg.ray_storage_path or tempfile.gettempdir() + "/codecsep-ray-train",
+        ),
     )
     with report.stage("fit"):
         result = trainer.fit()
@@ -363,8 +415,10 @@ def run(cfg: TrainConfig) -> JobReport:
         raise result.error
     report.rows_in = shards.read_table(train_uri, columns=["id"]).num_rows
     report.extra = {
-        "output": cfg.output, "masker": sfs.join(cfg.output, "masker.safetensors"),
-        "prompt_table": sfs.join(cfg.output, "prompts.parquet"), "codec_tables": tables_uri,
+        "output": cfg.output,
+        "masker": sfs.join(cfg.output, "masker.safetensors"),
+        "prompt_table": sfs.join(cfg.output, "prompts.parquet"),
+        "codec_tables": tables_uri,
         "prompt_encoder": table.encoder,
     }
     if latest is not None and latest[0] >= cfg.max_steps:  # already trained: nothing ran
@@ -373,8 +427,11 @@ def run(cfg: TrainConfig) -> JobReport:
         start, history = latest_history(cfg.output, latest[0] if latest else 0)
         metrics = history[-1]
         report.rows_out = int(metrics["step"]) - start  # steps run by this call
-        report.extra.update(resumed_from_step=start, val_history=history, **{
-            k: metrics[k] for k in ("step", "val_loss", "val_latent_snr", "train_loss") if k in metrics})
+        report.extra.update(
+            resumed_from_step=start,
+            val_history=history,
+            **{k: metrics[k] for k in ("step", "val_loss", "val_latent_snr", "train_loss") if k in metrics},
+        )
     report.wall_s = time.perf_counter() - t_start
     return report
 
@@ -383,8 +440,11 @@ def latest_history(output: str, at_least: int) -> tuple[int, list[dict]]:
     """(step resumed from, validation history) of the newest run: the metrics file with the
     highest start step. The workers may have resumed from a later checkpoint than the
     driver saw before the fit (one landed in between), never an earlier one."""
-    found = [(int(m.group(1)), u) for u in sfs.list_files(output, [".json"])
-             if (m := METRICS_NAME.fullmatch(posixpath.basename(u)))]
+    found = [
+        (int(m.group(1)), u)
+        for u in sfs.list_files(output, [".json"])
+        if (m := METRICS_NAME.fullmatch(posixpath.basename(u)))
+    ]
     start, uri = max((f for f in found if f[0] >= at_least), default=(None, None))
     if uri is None:
         raise RuntimeError(f"training ended without writing {output}/metrics-from-*.json")
@@ -393,13 +453,21 @@ def latest_history(output: str, at_least: int) -> tuple[int, list[dict]]:
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
     p = job_config.job_parser("train", TrainConfig, __doc__.splitlines()[0])
-    p.add_argument("args", nargs="*", metavar="DATA OUTPUT [key=value ...]",
-                   help="prepare-train output URI, run output URI, then config overrides")
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="DATA OUTPUT [key=value ...]",
+        help="prepare-train output URI, run output URI, then config overrides",
+    )
     p.add_argument("--preset", help="masker preset: paper | tiny")
     p.add_argument("--codec-weights", help="DAC checkpoint URI")
     p.add_argument("--codec-tables", help="codec tables URI")
-    p.add_argument("--fixed-prompts-if-offline", action="store_true", default=None,
-                   help="without CLAP weights, train on fixed per-prompt vectors")
+    p.add_argument(
+        "--fixed-prompts-if-offline",
+        action="store_true",
+        default=None,
+        help="without CLAP weights, train on fixed per-prompt vectors",
+    )
     p.add_argument("--max-steps", type=int)
     p.add_argument("--address", help="Ray address (default: embedded local Ray)")
     p.add_argument("--workers", type=int, help="Ray Train workers")
@@ -407,8 +475,16 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     a, (data, output), overrides = job_config.parse_paths(p, argv, names=("DATA", "OUTPUT"))
     setup_logging(a.verbose)
     return job_config.load_config(
-        TrainConfig, a.config, overrides, data=data, output=output, preset=a.preset, codec_weights=a.codec_weights,
-        codec_tables=a.codec_tables, fixed_prompts_if_offline=a.fixed_prompts_if_offline, max_steps=a.max_steps,
+        TrainConfig,
+        a.config,
+        overrides,
+        data=data,
+        output=output,
+        preset=a.preset,
+        codec_weights=a.codec_weights,
+        codec_tables=a.codec_tables,
+        fixed_prompts_if_offline=a.fixed_prompts_if_offline,
+        max_steps=a.max_steps,
         **{"ray.address": a.address, "ray.num_actors": a.workers, "ray.num_gpus_per_actor": a.gpus_per_worker},
     )
 
@@ -423,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         report.emit()
 
     return run_cli("train", body, argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

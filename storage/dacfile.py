@@ -14,6 +14,7 @@ file's bytes after the whole structure has been checked. Anything else raises
 
 How the rows of a code shard carry a DAC file: see `storage.schema`.
 """
+
 from __future__ import annotations
 
 import io
@@ -99,7 +100,9 @@ class _DtypeState:
 
     def resolve(self) -> np.dtype:
         st = self.state
-        if not (isinstance(st, tuple) and len(st) == 8 and st[1] in ("<", ">", "|", "=") and st[2:5] == (None, None, None)):
+        if not (
+            isinstance(st, tuple) and len(st) == 8 and st[1] in ("<", ">", "|", "=") and st[2:5] == (None, None, None)
+        ):
             raise InvalidDacFile(f"unexpected dtype state {st!r}")
         dtype = np.dtype(self.spec)
         return dtype.newbyteorder(st[1]) if st[1] in ("<", ">") else dtype
@@ -160,7 +163,7 @@ def _array(obj: Any, what: str, allow_object: bool = False) -> Any:
     if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
         raise InvalidDacFile(f"{what}: malformed shape {shape!r}")
     dtype = dtype.resolve()
-    if dtype == object:
+    if dtype == np.dtype(object):
         if not (allow_object and shape == () and isinstance(data, list) and len(data) == 1):
             raise InvalidDacFile(f"{what}: unexpected object array")
         return data[0]
@@ -211,7 +214,7 @@ def read_dac(data: bytes, name: str = "<bytes>") -> DacFile:
         shape, _, dtype = read_header(fp)
     except (ValueError, KeyError, EOFError) as e:
         raise InvalidDacFile(f"{name}: not a .dac file (bad .npy header: {e})") from e
-    if dtype != object or shape != ():
+    if dtype != np.dtype(object) or shape != ():
         raise InvalidDacFile(f"{name}: not a .dac file (.npy of {dtype} {shape}, expected one pickled dict)")
     try:
         top = _array(_DacUnpickler(fp).load(), "file", allow_object=True)
@@ -305,15 +308,24 @@ def dac_from_rows(rows: Sequence[Mapping[str, Any]]) -> DacFile:
     if not rows:
         raise ValueError("no rows to build a DAC file from")
     rows = sorted(rows, key=lambda r: int(r["dac_channel"]))
-    keys = ("dac_version", "dac_chunk_length", "dac_padding", "dac_input_db", "dac_channels",
-            "dac_original_length", "dac_sample_rate")
+    keys = (
+        "dac_version",
+        "dac_chunk_length",
+        "dac_padding",
+        "dac_input_db",
+        "dac_channels",
+        "dac_original_length",
+        "dac_sample_rate",
+    )
     first = {k: rows[0][k] for k in keys}
     for row in rows[1:]:
         if any(row[k] != first[k] for k in keys):
             raise ValueError(f"rows {rows[0]['id']!r} and {row['id']!r} disagree on DAC metadata")
     channels = [int(r["dac_channel"]) for r in rows]
     if channels != list(range(int(first["dac_channels"]))):
-        raise ValueError(f"DAC file {dac_source_id(rows[0])!r} needs channels 0..{first['dac_channels'] - 1}, got {channels}")
+        raise ValueError(
+            f"DAC file {dac_source_id(rows[0])!r} needs channels 0..{first['dac_channels'] - 1}, got {channels}"
+        )
     codes = [codes_to_numpy(r["codes"]) for r in rows]
     if len({c.shape for c in codes}) > 1:
         raise ValueError(f"channels of DAC file {dac_source_id(rows[0])!r} have different code shapes")

@@ -6,6 +6,7 @@ first, then the standard AWS environment variables, then botocore's own chain (p
 instance roles). Names starting with '.' or '_' are reserved for temporary files and side
 tables (`_errors/`), so listings skip them: a crashed writer's leftovers are never data.
 """
+
 from __future__ import annotations
 
 import logging
@@ -164,7 +165,7 @@ def list_files(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = No
     prefix = root.rstrip("/") + "/"
     found = []
     for path in fs.find(root):
-        rel = path[len(prefix):]
+        rel = path[len(prefix) :]
         if not any(is_hidden(part) for part in rel.split("/")) and (not suffixes or rel.endswith(suffixes)):
             found.append(rel)
     return [join(uri, rel) for rel in sorted(found)]

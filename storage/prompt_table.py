@@ -7,6 +7,7 @@ and, per vector, in the `encoder` and `branch` columns: CLAP embeds text prompts
 text branch and example clips (query by example) with its audio branch, into one space.
 Tables written before those columns existed read as text-branch vectors.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,9 +37,9 @@ class PromptTable:
     branches: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.branches is None:
-            object.__setattr__(self, "branches", ("text",) * len(self.prompts))
-        if len(self.branches) != len(self.prompts) or not set(self.branches) <= set(BRANCHES):
+        branches = ("text",) * len(self.prompts) if self.branches is None else self.branches
+        object.__setattr__(self, "branches", branches)
+        if len(branches) != len(self.prompts) or not set(branches) <= set(BRANCHES):
             raise ValueError(f"branches must be one of {BRANCHES} per prompt, got {self.branches}")
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.prompts):
             raise ValueError(f"{len(self.prompts)} prompts need embeddings [n, dim], got {self.embeddings.shape}")
@@ -65,8 +66,10 @@ def write_prompt_table(uri: str, table: PromptTable, s3: S3Options | None = None
     metadata = {ENCODER_KEY: table.encoder.encode()} if table.encoder else None
     schema = pa.schema(list(PROMPT_TABLE_SCHEMA) + list(PROVENANCE_SCHEMA), metadata=metadata)
     encoders = pa.array([table.encoder] * len(table.prompts), pa.string())
-    arrow = pa.table([pa.array(table.prompts, pa.string()), embedding, encoders,
-                      pa.array(table.branches, pa.string())], schema=schema)
+    arrow = pa.table(
+        [pa.array(table.prompts, pa.string()), embedding, encoders, pa.array(table.branches, pa.string())],
+        schema=schema,
+    )
     buf = io.BytesIO()
     pq.write_table(arrow, buf)
     write_bytes_atomic(uri, buf.getvalue(), s3)

@@ -26,6 +26,7 @@ Codes from `.dac` files (`storage.dacfile`) keep what DAC's `decompress` needs i
   be treated as one continuous sequence: the separation job cuts at chunk boundaries
   (`separable_segments`) and keeps the chunk layout, which DAC decodes chunk by chunk.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

@@ -11,6 +11,7 @@ scores) is one plain Parquet file, `_manifest.parquet`, beside the segment shard
 DuckDB and the Hugging Face `datasets` Parquet loader read it as it is, and shard readers skip
 it (names starting with '_' are side tables, see `storage.shards`).
 """
+
 from __future__ import annotations
 
 import io
@@ -68,12 +69,21 @@ def slice_row(row: Mapping[str, Any], codes: np.ndarray, span: Sequence[float], 
     if last <= first:
         raise ValueError(f"span {list(span)} starts after the clip's {row['n_samples']} samples")
     start_s, end_s = first / rate, last / rate
-    out = {**row, "id": segment_id(row["id"], start_s, end_s), "codes": np.ascontiguousarray(codes[:, f0:f1]),
-           "n_samples": last - first}
+    out = {
+        **row,
+        "id": segment_id(row["id"], start_s, end_s),
+        "codes": np.ascontiguousarray(codes[:, f0:f1]),
+        "n_samples": last - first,
+    }
     if row.get("dac_channels") is not None:
         original_rate = int(row["dac_sample_rate"])
-        out.update(dac_chunk_length=f1 - f0, dac_padding=True, dac_channels=1, dac_channel=0,
-                   dac_original_length=round((last - first) * original_rate / rate))
+        out.update(
+            dac_chunk_length=f1 - f0,
+            dac_padding=True,
+            dac_channels=1,
+            dac_channel=0,
+            dac_original_length=round((last - first) * original_rate / rate),
+        )
     return out, start_s, end_s
 
 
@@ -83,15 +93,22 @@ def clip_seconds(row: Mapping[str, Any]) -> float:
 
 def manifest_row(out_id: str, row: Mapping[str, Any], start_s: float, end_s: float) -> dict:
     """One manifest entry for a separated `row` (its scores) selected as `out_id`."""
-    return {"id": out_id, "source_id": row["id"], "prompt": row.get("prompt"), "start_s": start_s, "end_s": end_s,
-            **{name: row.get(name) for name in ("energy_kept", "mask_mean", "active_fraction")}}
+    return {
+        "id": out_id,
+        "source_id": row["id"],
+        "prompt": row.get("prompt"),
+        "start_s": start_s,
+        "end_s": end_s,
+        **{name: row.get(name) for name in ("energy_kept", "mask_mean", "active_fraction")},
+    }
 
 
 def write_manifest(output_uri: str, rows: Sequence[Mapping[str, Any]], s3: S3Options | None = None) -> str:
     """Write the manifest beside the shards at `output_uri`, rows sorted by id; -> its URI."""
     rows = sorted(rows, key=lambda r: r["id"])
-    table = pa.table({f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in MANIFEST_SCHEMA},
-                     schema=MANIFEST_SCHEMA)
+    table = pa.table(
+        {f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in MANIFEST_SCHEMA}, schema=MANIFEST_SCHEMA
+    )
     buf = io.BytesIO()
     pq.write_table(table, buf)
     uri = join(output_uri, MANIFEST_NAME)

@@ -6,6 +6,7 @@ after a crash replaces its own shards instead of adding copies. Readers take onl
 visible `*.parquet` files: temporary names (`.part-...tmp-...`) and side tables
 (`_errors/`) are never data. Ray Data's `read_parquet` follows the same convention.
 """
+
 from __future__ import annotations
 
 import io
@@ -119,7 +120,9 @@ class ShardWriter:
             self._write_shard(table.slice(half))
             return
         if len(data) > self.options.max_bytes:
-            log.warning("one row is %d bytes, over the shard bound of %d: written alone", len(data), self.options.max_bytes)
+            log.warning(
+                "one row is %d bytes, over the shard bound of %d: written alone", len(data), self.options.max_bytes
+            )
         uri = join(self.uri, shard_name(self.prefix, len(self.written)))
         write_bytes_atomic(uri, data, self.s3)
         self.written.append(uri)

@@ -1,4 +1,5 @@
 """Shared fixtures. S3 tests run against moto's S3 server on loopback (as s3fs tests itself)."""
+
 import uuid
 
 import pytest

@@ -8,6 +8,7 @@ server, so a retry of a write is never a second write. Permanent faults: `refuse
 answers everything with 403 InvalidAccessKeyId; `unreachable_endpoint()` is an address
 nobody listens on. The proxy binds 127.0.0.1 only and stops itself after `lifetime_s`.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -23,8 +24,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 TRANSIENT = ("503", "500", "reset", "slow")
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-               "proxy-authorization", "proxy-authenticate"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+}
 _ERRORS = {
     "503": (503, "SlowDown", "Please reduce your request rate."),
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
@@ -33,8 +42,10 @@ _ERRORS = {
 
 
 def s3_error_body(code: str, message: str, resource: str) -> bytes:
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-            f"<Resource>{resource}</Resource><RequestId>FAULTPROXY</RequestId></Error>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+        f"<Resource>{resource}</Resource><RequestId>FAULTPROXY</RequestId></Error>"
+    ).encode()
 
 
 def unreachable_endpoint() -> str:
@@ -46,7 +57,7 @@ def unreachable_endpoint() -> str:
 
 @dataclass
 class FaultPlan:
-    """What the proxy does to each request. `rate` of the requests whose method is in
+    r"""What the proxy does to each request. `rate` of the requests whose method is in
     `methods` get one fault drawn from `kinds`; `refuse_keys` refuses every request (of
     those whose path matches `paths`, e.g. r"\.parquet$" refuses reading shards but not
     listing them, as a key that may list a bucket but not read it)."""

@@ -8,6 +8,7 @@ picked free (two agents of two nodes on one machine must not share the defaults)
 cluster lives in its own `--temp-dir`, so its address file is seen only by processes
 given `RAY_TMPDIR=<cluster.tmpdir>`, never by the embedded Ray of the other tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,13 @@ def node_env(tmpdir: str, pythonpath: str) -> dict[str, str]:
     this machine" (`RAY_TMPDIR` decides where Ray looks for the address file). A submitted
     job's shell finds `python` on PATH, as in a cluster image: this environment's first."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=tmpdir, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=pythonpath,
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))  # `python` = this env's
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        RAY_TMPDIR=tmpdir,
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONPATH=pythonpath,
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )  # `python` = this env's
     return env
 
 
@@ -77,8 +83,9 @@ class Node:
                 pass
         for pid in list(found):
             try:
-                found.update(c.pid for c in psutil.Process(pid).children(recursive=True)
-                             if c.status() != psutil.STATUS_ZOMBIE)
+                found.update(
+                    c.pid for c in psutil.Process(pid).children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE
+                )
             except psutil.NoSuchProcess:
                 pass
         return sorted(found)
@@ -165,28 +172,58 @@ class LocalCluster:
 
     def _common_args(self, num_cpus: int, resources: dict[str, float]) -> list[str]:
         return [
-            "--block", "--disable-usage-stats", "--num-cpus", str(num_cpus), "--num-gpus", "0",
-            "--resources", json.dumps(resources), "--temp-dir", self.temp_dir,
-            "--object-store-memory", str(self.object_store_bytes),
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+            "--block",
+            "--disable-usage-stats",
+            "--num-cpus",
+            str(num_cpus),
+            "--num-gpus",
+            "0",
+            "--resources",
+            json.dumps(resources),
+            "--temp-dir",
+            self.temp_dir,
+            "--object-store-memory",
+            str(self.object_store_bytes),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--dashboard-agent-grpc-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--runtime-env-agent-port",
+            str(free_port()),
         ]
 
     def _start(self, name: str, args: list[str], is_head: bool) -> Node:
         log = Path(self.tmpdir) / f"{name}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen([ray_binary(), "start", *args], env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [ray_binary(), "start", *args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         node = Node(name, proc, log, is_head)
         self.nodes.append(node)
         return node
 
     def start_head(self, resources: dict[str, float] | None = None) -> Node:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
-        args = ["--head", "--port", str(self.gcs_port), "--include-dashboard", "true",
-                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                "--ray-client-server-port", str(free_port()),
-                *self._common_args(self.head_cpus, {"head": 1, **(resources or {})})]
+        args = [
+            "--head",
+            "--port",
+            str(self.gcs_port),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--ray-client-server-port",
+            str(free_port()),
+            *self._common_args(self.head_cpus, {"head": 1, **(resources or {})}),
+        ]
         node = self._start("head", args, is_head=True)
         self.wait_for_dashboard()
         self.wait_for_nodes(1)
@@ -212,8 +249,9 @@ class LocalCluster:
     def _check_started(self) -> None:
         for node in self.nodes:
             if node.proc.poll() is not None:
-                raise RuntimeError(f"ray start for {node.name} exited {node.proc.returncode}:\n"
-                                   + node.log.read_text()[-3000:])
+                raise RuntimeError(
+                    f"ray start for {node.name} exited {node.proc.returncode}:\n" + node.log.read_text()[-3000:]
+                )
 
     def wait_for_nodes(self, n: int, timeout_s: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s

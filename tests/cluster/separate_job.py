@@ -1,5 +1,6 @@
 """Inputs and command line of the separate job as the cluster tests run it: a tiny masker,
 codec tables of the real architecture, a prompt table and code shards, under any URI."""
+
 from __future__ import annotations
 
 import contextlib
@@ -33,23 +34,36 @@ MARKER = "CODECSEP_CLUSTER_TEST_RUN"
 def code_shard(ids: list[str], n_frames: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     codes = [rng.integers(0, 1024, (12, n_frames)).astype(np.uint16) for _ in ids]
-    return pa.table({
-        "id": pa.array(ids, pa.string()), "codes": codes_to_arrow(codes),
-        "codec": pa.array(["dac_16khz"] * len(ids)), "sample_rate": pa.array([16000] * len(ids), pa.int32()),
-        "n_samples": pa.array([n_frames * 320] * len(ids), pa.int64()),
-    })
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "codes": codes_to_arrow(codes),
+            "codec": pa.array(["dac_16khz"] * len(ids)),
+            "sample_rate": pa.array([16000] * len(ids), pa.int32()),
+            "n_samples": pa.array([n_frames * 320] * len(ids), pa.int64()),
+        }
+    )
 
 
 def setup_inputs(root: str, tables, n_shards: int, rows_per_shard: int, n_frames: int = 100) -> dict[str, str]:
     """Models, prompt table and `n_shards` shards under `root` -> the job's URIs and ids."""
     torch.manual_seed(0)
     masker = Masker(MaskerConfig.preset("tiny")).eval()
-    uris = {k: sfs.join(root, v) for k, v in (("input", "in"), ("output", "out"), ("masker", "models/masker.safetensors"),
-                                              ("codec_tables", "models/tables.safetensors"),
-                                              ("prompt_table", "prompts.parquet"))}
+    uris = {
+        k: sfs.join(root, v)
+        for k, v in (
+            ("input", "in"),
+            ("output", "out"),
+            ("masker", "models/masker.safetensors"),
+            ("codec_tables", "models/tables.safetensors"),
+            ("prompt_table", "prompts.parquet"),
+        )
+    }
     sfs.write_bytes_atomic(uris["masker"], masker_to_bytes(masker))
     sfs.write_bytes_atomic(uris["codec_tables"], tables.to_bytes())
-    vectors = torch.nn.functional.normalize(torch.randn(len(PROMPTS), 512, generator=torch.Generator().manual_seed(7)), dim=-1)
+    vectors = torch.nn.functional.normalize(
+        torch.randn(len(PROMPTS), 512, generator=torch.Generator().manual_seed(7)), dim=-1
+    )
     write_prompt_table(uris["prompt_table"], PromptTable(PROMPTS, vectors.numpy(), "test"))
     for s in range(n_shards):
         ids = [f"s{s:03d}r{r:03d}" for r in range(rows_per_shard)]
@@ -65,8 +79,18 @@ def all_ids(n_shards: int, rows_per_shard: int) -> set[str]:
 
 def job_args(uris: dict[str, str], *extra: str) -> list[str]:
     """`jobs.separate` arguments for these inputs, one output file per actor batch."""
-    args = ["--input", uris["input"], "--output", uris["output"], "--masker", uris["masker"],
-            "--codec-tables", uris["codec_tables"], "--prompt-table", uris["prompt_table"]]
+    args = [
+        "--input",
+        uris["input"],
+        "--output",
+        uris["output"],
+        "--masker",
+        uris["masker"],
+        "--codec-tables",
+        uris["codec_tables"],
+        "--prompt-table",
+        uris["prompt_table"],
+    ]
     return args + [a for p in PROMPTS for a in ("--prompt", p)] + list(extra) + ["run.min_rows_per_file=1"]
 
 
@@ -81,8 +105,13 @@ def start_job(args: list[str], env: dict[str, str], log: Path) -> tuple[subproce
     """The job as a user starts it, in its own session, output to `log`; -> (process, marker)."""
     marker = uuid.uuid4().hex
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.separate", *args], env={**env, MARKER: marker},
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.separate", *args],
+            env={**env, MARKER: marker},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return proc, marker
 
 

@@ -1,6 +1,7 @@
 """The multi-node test cluster is what it claims (nodes with their own resources, a job
 server, nothing left behind), and the separate job submitted to its job server with the
 KubeRay entrypoint runs to completion with its summary in the job's logs."""
+
 import json
 import shlex
 import string
@@ -57,12 +58,27 @@ def test_a_job_submitted_to_the_job_server_completes_and_logs_its_summary(ray_cl
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     uris = sj.setup_inputs(str(tmp_path), tables, n_shards=2, rows_per_shard=3)
-    command = shlex.split(string.Template(ENTRYPOINT).substitute(
-        entrypoint_env(uris, actors=2, gpus_per_actor=0, cpus_per_actor=1)))
+    command = shlex.split(
+        string.Template(ENTRYPOINT).substitute(entrypoint_env(uris, actors=2, gpus_per_actor=0, cpus_per_actor=1))
+    )
     job_id = f"codecsep-test-{uuid.uuid4().hex[:8]}"
     address = ray_cluster.dashboard_url
-    submit = cli(ray_cluster, "job", "submit", "--address", address, "--submission-id", job_id, "--no-wait",
-                 "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"excludes": [".git"]}), "--", *command)
+    submit = cli(
+        ray_cluster,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--submission-id",
+        job_id,
+        "--no-wait",
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps({"excludes": [".git"]}),
+        "--",
+        *command,
+    )
     assert submit.returncode == 0, submit.stdout + submit.stderr
 
     client = JobSubmissionClient(address)

@@ -6,6 +6,7 @@ embedded Ray with `ray.init(address="local", ...)` (plain `ray.init()` joins the
 `ray start` cluster on the machine, found through its address file even when it is dead),
 and the device resolver. See /work/notes/cluster_findings.md.
 """
+
 import pytest
 import separate_job as sj
 import torch
@@ -41,8 +42,12 @@ def other_cluster(request):
 def test_no_address_runs_embedded_whatever_other_ray_runs_on_the_machine(other_cluster, tmp_path, tables):
     uris = sj.setup_inputs(str(tmp_path), tables, n_shards=1, rows_per_shard=2)
 
-    run = sj.run_job(sj.job_args(uris, "--cpus-per-actor", "1"), other_cluster.env, tmp_path / "job.log",
-                     timeout_s=EMBEDDED_TIMEOUT_S)
+    run = sj.run_job(
+        sj.job_args(uris, "--cpus-per-actor", "1"),
+        other_cluster.env,
+        tmp_path / "job.log",
+        timeout_s=EMBEDDED_TIMEOUT_S,
+    )
 
     assert run.returncode == 0, f"exit {run.returncode}:\n{run.output[-3000:]}"
     sj.assert_exactly_once(uris["output"], sj.all_ids(1, 2))
@@ -55,8 +60,12 @@ def test_gpus_asked_for_without_cuda_is_a_clear_error_within_seconds(tmp_path, t
     uris = sj.setup_inputs(str(tmp_path), tables, n_shards=1, rows_per_shard=2)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
-    run = sj.run_job(sj.job_args(uris, "--gpus-per-actor", "1"), {**env, "RAY_AUTH_MODE": "disabled"},
-                     tmp_path / "job.log", timeout_s=GPU_ERROR_WITHIN_S + 30)
+    run = sj.run_job(
+        sj.job_args(uris, "--gpus-per-actor", "1"),
+        {**env, "RAY_AUTH_MODE": "disabled"},
+        tmp_path / "job.log",
+        timeout_s=GPU_ERROR_WITHIN_S + 30,
+    )
 
     assert run.returncode not in (0, None), f"still running after {run.wall_s:.0f} s (hangs)"
     assert run.wall_s < GPU_ERROR_WITHIN_S

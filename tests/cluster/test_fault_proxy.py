@@ -1,5 +1,6 @@
 """The fault proxy does what the flaky-storage tests rely on: each fault reaches an S3
 client as the real service would send it, untouched requests pass through, and it stops."""
+
 import time
 
 import boto3

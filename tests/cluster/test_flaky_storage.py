@@ -7,6 +7,7 @@ xfail(strict) marks what the runner of issue #10 has to deliver: a permanent sto
 failure reported as one clear line (`codecsep separate: error: ...`), not a traceback, and
 a missing output bucket refused up front (today s3fs tries to create it).
 """
+
 import os
 import uuid
 
@@ -17,8 +18,13 @@ from fault_proxy import FaultPlan, FaultProxy, unreachable_endpoint
 
 TRANSIENT_RATE = 0.3
 PERMANENT_WITHIN_S = 60
-PERMANENT = ["keys refused", "keys refused for shard reads", "input bucket missing", "output bucket missing",
-             "endpoint unreachable"]
+PERMANENT = [
+    "keys refused",
+    "keys refused for shard reads",
+    "input bucket missing",
+    "output bucket missing",
+    "endpoint unreachable",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +49,11 @@ def test_transient_faults_on_reads_writes_and_listings_are_retried_and_rows_land
     plan = FaultPlan(rate=TRANSIENT_RATE, slow_s=1.0, seed=3)  # 503 SlowDown, 500, resets, slow answers
 
     with FaultProxy(s3_server, plan) as proxy:
-        run = sj.run_job(sj.job_args(uris, "--batch-size", "2", "--cpus-per-actor", "1"), job_env(proxy.endpoint),
-                         tmp_path / "job.log")
+        run = sj.run_job(
+            sj.job_args(uris, "--batch-size", "2", "--cpus-per-actor", "1"),
+            job_env(proxy.endpoint),
+            tmp_path / "job.log",
+        )
 
     assert run.returncode == 0, f"exit {run.returncode} after {run.wall_s:.0f} s:\n{run.output[-3000:]}"
     faulted = sum(proxy.counts[k] for k in ("503", "500", "reset", "slow"))
@@ -85,7 +94,12 @@ def test_a_permanent_storage_fault_stops_the_job_within_a_minute_without_error_r
 def test_a_permanent_storage_fault_is_reported_in_one_clear_line(permanent_fault_run, request):
     fault, _, run = permanent_fault_run
     assert "Traceback" not in run.output, f"{fault}: a traceback instead of a message"
-    words = {"keys refused": "access", "keys refused for shard reads": "access", "input bucket missing": "missing-",
-             "output bucket missing": "missing-", "endpoint unreachable": "connect"}[fault]
+    words = {
+        "keys refused": "access",
+        "keys refused for shard reads": "access",
+        "input bucket missing": "missing-",
+        "output bucket missing": "missing-",
+        "endpoint unreachable": "connect",
+    }[fault]
     line = [x for x in run.output.splitlines() if x.startswith("codecsep separate: error:")]
     assert line and words in line[0].lower(), f"{fault}: {run.output[-1500:]}"

@@ -7,6 +7,7 @@ an actor pool that scales between a minimum and a maximum (`--actors MIN:MAX`), 
 settings that send a dead actor's work to live ones, a driver whose helper actors survive
 a node loss, and a bounded wait with a stall timeout. See /work/notes/cluster_findings.md.
 """
+
 import re
 import time
 
@@ -38,8 +39,9 @@ def wait_for_output_files(output: str, n: int, proc, timeout_s: float = 180) -> 
 
 def test_a_worker_node_lost_mid_job_the_job_finishes_on_the_rest(fresh_cluster, tmp_path, tables):
     uris = sj.setup_inputs(str(tmp_path), tables, N_SHARDS, ROWS_PER_SHARD, n_frames=500)
-    args = sj.job_args(uris, "--address", fresh_cluster.address, "--actors", "1:2", "--cpus-per-actor", "1",
-                       "--batch-size", "2")
+    args = sj.job_args(
+        uris, "--address", fresh_cluster.address, "--actors", "1:2", "--cpus-per-actor", "1", "--batch-size", "2"
+    )
     log = tmp_path / "job.log"
     t0 = time.monotonic()
     proc, marker = sj.start_job(args, fresh_cluster.env, log)
@@ -54,12 +56,14 @@ def test_a_worker_node_lost_mid_job_the_job_finishes_on_the_rest(fresh_cluster, 
     assert re.search(r"separate: \d+ rows in, \d+ out, 0 errors", run.output)
 
 
-def test_a_job_whose_actor_nodes_are_all_gone_stops_within_the_stall_bound(ray_cluster_idle_head_throwaway, tmp_path,
-                                                                           tables):
+def test_a_job_whose_actor_nodes_are_all_gone_stops_within_the_stall_bound(
+    ray_cluster_idle_head_throwaway, tmp_path, tables
+):
     cluster = ray_cluster_idle_head_throwaway
     uris = sj.setup_inputs(str(tmp_path), tables, N_SHARDS, ROWS_PER_SHARD, n_frames=500)
-    args = sj.job_args(uris, "--address", cluster.address, "--actors", "2", "--cpus-per-actor", "1",
-                       "--batch-size", "2", STALL_SETTING)
+    args = sj.job_args(
+        uris, "--address", cluster.address, "--actors", "2", "--cpus-per-actor", "1", "--batch-size", "2", STALL_SETTING
+    )
     log = tmp_path / "job.log"
     t0 = time.monotonic()
     proc, marker = sj.start_job(args, cluster.env, log)

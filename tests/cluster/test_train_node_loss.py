@@ -1,6 +1,7 @@
 """Training survives the loss of the node its worker runs on: Ray Train restarts the worker
 group on the nodes that remain (`max_failures`), and the worker resumes from the latest
 checkpoint in object storage (here a local folder every node sees), not from step 0."""
+
 import json
 import sys
 import time
@@ -21,10 +22,14 @@ TIMEOUT_S = 420
 def write_training_rows(folder, n_rows: int = 24, n_frames: int = 60) -> None:
     rng = np.random.default_rng(0)
     codes = [rng.integers(0, 1024, (12, n_frames)).astype(np.uint16) for _ in range(2 * n_rows)]
-    table = pa.table({
-        "id": [f"m{i}#t" for i in range(n_rows)], "prompt": [("tone", "noise")[i % 2] for i in range(n_rows)],
-        "mix_codes": codes_to_arrow(codes[:n_rows]), "target_codes": codes_to_arrow(codes[n_rows:]),
-    })
+    table = pa.table(
+        {
+            "id": [f"m{i}#t" for i in range(n_rows)],
+            "prompt": [("tone", "noise")[i % 2] for i in range(n_rows)],
+            "mix_codes": codes_to_arrow(codes[:n_rows]),
+            "target_codes": codes_to_arrow(codes[n_rows:]),
+        }
+    )
     write_table_atomic(str(folder / "train" / "part-0.parquet"), table)
 
 
@@ -40,24 +45,44 @@ def node_of(cluster, process_title: str):
     return None
 
 
-def test_training_resumes_from_its_checkpoint_after_its_worker_node_is_lost(ray_cluster_idle_head_throwaway, tmp_path,
-                                                                          dac16_checkpoint):
+def test_training_resumes_from_its_checkpoint_after_its_worker_node_is_lost(
+    ray_cluster_idle_head_throwaway, tmp_path, dac16_checkpoint
+):
     from codecsep_core import CodecTables
 
     cluster = ray_cluster_idle_head_throwaway
     write_training_rows(tmp_path / "data")
     CodecTables.from_dac_checkpoint(dac16_checkpoint).save(tmp_path / "tables.safetensors")
     out = tmp_path / "run"
-    args = [str(tmp_path / "data"), str(out), "--codec-tables", str(tmp_path / "tables.safetensors"), "--preset", "tiny",
-            "--fixed-prompts-if-offline", "--address", cluster.address, f"max_steps={MAX_STEPS}", "checkpoint_every=5",
-            f"val_every={MAX_STEPS}", "log_every=5", "segment_frames=40", "ray.num_cpus_per_actor=1",
-            f"ray_storage_path={tmp_path / 'ray_train'}"]
+    args = [
+        str(tmp_path / "data"),
+        str(out),
+        "--codec-tables",
+        str(tmp_path / "tables.safetensors"),
+        "--preset",
+        "tiny",
+        "--fixed-prompts-if-offline",
+        "--address",
+        cluster.address,
+        f"max_steps={MAX_STEPS}",
+        "checkpoint_every=5",
+        f"val_every={MAX_STEPS}",
+        "log_every=5",
+        "segment_frames=40",
+        "ray.num_cpus_per_actor=1",
+        f"ray_storage_path={tmp_path / 'ray_train'}",
+    ]
     marker = uuid.uuid4().hex
     log = tmp_path / "train.log"
     t0 = time.monotonic()
     with open(log, "wb") as sink:
-        proc = psutil.Popen([sys.executable, "-m", "jobs.train", *args], env={**cluster.env, sj.MARKER: marker},
-                            stdout=sink, stderr=sink, start_new_session=True)
+        proc = psutil.Popen(
+            [sys.executable, "-m", "jobs.train", *args],
+            env={**cluster.env, sj.MARKER: marker},
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
+        )
     try:
         from jobs.train import latest_checkpoint
 

@@ -1,5 +1,6 @@
 """codec_fit: a random-weight DAC 16 kHz (real architecture) fitted to generated audio, the
 stand-in for trained DAC weights in the train/eval tests and the offline demo."""
+
 import numpy as np
 import pytest
 import torch
@@ -45,7 +46,9 @@ def test_fitted_codec_saves_as_a_dac_checkpoint_with_unchanged_shapes(fitted, tm
     path = tmp_path / "fitted.pth"
     fitted.save(str(path), package=False)
     loaded = load_dac(path)
-    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in random_dac(0).state_dict().items()}
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {
+        k: v.shape for k, v in random_dac(0).state_dict().items()
+    }
     x = torch.as_tensor(clips(seed=2, n=1)[0])[None, None]
     with torch.no_grad():
         assert torch.equal(loaded.encode(x)[1], fitted.encode(x)[1])

@@ -1,4 +1,5 @@
 """Codec tables alone must reproduce DAC's own codebook lookup and re-quantization."""
+
 import pytest
 import torch
 

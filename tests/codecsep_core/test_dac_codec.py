@@ -1,5 +1,6 @@
 """DacCodec must give what DAC's own encode/compress/decompress give, window by window,
 on a random-weight DAC 16 kHz of the real architecture (fixtures in conftest.py)."""
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +33,12 @@ def one_pass(dac16):
 
 
 def test_info_and_tables_come_from_the_model(codec, dac16_checkpoint):
-    assert (codec.info.name, codec.info.sample_rate, codec.info.hop_length, codec.info.n_codebooks) == ("dac_16khz", 16000, 320, 12)
+    assert (codec.info.name, codec.info.sample_rate, codec.info.hop_length, codec.info.n_codebooks) == (
+        "dac_16khz",
+        16000,
+        320,
+        12,
+    )
     expected = CodecTables.from_dac_checkpoint(dac16_checkpoint)
     assert codec.tables().info == expected.info
     torch.testing.assert_close(codec.tables().codebooks, expected.codebooks)
@@ -77,9 +83,16 @@ def test_codes_always_decode_to_the_full_length_with_dacs_decompress(codec, dac1
 
     audio = tone(n_samples / 16000, 16000)
     c = codec.compress(audio, 16000)
-    dac_file = DACFile(codes=torch.from_numpy(c.codes.astype(np.int64)), chunk_length=c.codes.shape[-1],
-                       original_length=n_samples, input_db=torch.tensor([c.input_db]), channels=1,
-                       sample_rate=16000, padding=True, dac_version="1.0.0")
+    dac_file = DACFile(
+        codes=torch.from_numpy(c.codes.astype(np.int64)),
+        chunk_length=c.codes.shape[-1],
+        original_length=n_samples,
+        input_db=torch.tensor([c.input_db]),
+        channels=1,
+        sample_rate=16000,
+        padding=True,
+        dac_version="1.0.0",
+    )
     assert dac16.decompress(dac_file).audio_data.shape[-1] == n_samples
     assert codec.decode(c.codes[0], n_samples).shape == (n_samples,)
 
@@ -136,8 +149,20 @@ def test_load_dac_refuses_checkpoints_that_need_code_or_lack_weights(dac16, tmp_
     with pytest.raises(ValueError, match="not a readable DAC checkpoint"):
         load_dac(path)
     state = {k: v for k, v in dac16.state_dict().items() if not k.startswith("decoder.")}
-    torch.save({"state_dict": state, "metadata": {"kwargs": {"sample_rate": 16000, "encoder_rates": [2, 4, 5, 8],
-                                                              "decoder_rates": [8, 5, 4, 2], "n_codebooks": 12}}}, path)
+    torch.save(
+        {
+            "state_dict": state,
+            "metadata": {
+                "kwargs": {
+                    "sample_rate": 16000,
+                    "encoder_rates": [2, 4, 5, 8],
+                    "decoder_rates": [8, 5, 4, 2],
+                    "n_codebooks": 12,
+                }
+            },
+        },
+        path,
+    )
     with pytest.raises(ValueError, match="lacks .* tensors"):
         load_dac(path)
 

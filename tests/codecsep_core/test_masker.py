@@ -1,4 +1,5 @@
 """The masker: the published architecture's size, FiLM conditioning, padding masks, files."""
+
 import pytest
 import torch
 

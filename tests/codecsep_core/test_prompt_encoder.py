@@ -12,6 +12,7 @@ subprocess with its own environment. HF_ENDPOINT points at a closed local port e
 scenario can reach the real hub, and any network attempt would show up as huggingface_hub
 retry warnings (and tens of seconds).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,11 +30,23 @@ DEFAULT_CHECKPOINT = "music_speech_audioset_epoch_15_esc_89.98.pt"
 REVISION = "0" * 40
 WORDS = ("speech", "dog", "barking", "background", "music", "rain", "a", "and", "the", "sound")
 ROBERTA_BASE_CONFIG = {
-    "architectures": ["RobertaForMaskedLM"], "attention_probs_dropout_prob": 0.1, "bos_token_id": 0,
-    "eos_token_id": 2, "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": 768,
-    "initializer_range": 0.02, "intermediate_size": 3072, "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 514, "model_type": "roberta", "num_attention_heads": 12,
-    "num_hidden_layers": 12, "pad_token_id": 1, "type_vocab_size": 1, "vocab_size": 50265,
+    "architectures": ["RobertaForMaskedLM"],
+    "attention_probs_dropout_prob": 0.1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 514,
+    "model_type": "roberta",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 1,
+    "type_vocab_size": 1,
+    "vocab_size": 50265,
 }
 
 # Random roberta-base weights, then a random CLAP (which loads them through from_pretrained).
@@ -158,11 +171,18 @@ def env_for(hf_home: Path, offline: bool) -> dict[str, str]:
     return env
 
 
-def run_script(script: str, *args: str, hf_home: Path, offline: bool = False,
-               timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+def run_script(
+    script: str, *args: str, hf_home: Path, offline: bool = False, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", script, *args], env=env_for(hf_home, offline), cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env_for(hf_home, offline),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc, time.monotonic() - start
 
 
@@ -193,10 +213,14 @@ def encoded(hf_home, tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def test_import_does_not_load_laion_clap():
-    code = ("import sys, codecsep_core, codecsep_core.prompt_encoder\n"
-            "assert 'laion_clap' not in sys.modules")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    code = "import sys, codecsep_core, codecsep_core.prompt_encoder\nassert 'laion_clap' not in sys.modules"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -245,8 +269,7 @@ def test_missing_checkpoint_path_is_named(tmp_path):
 def test_empty_hf_cache_fails_fast_naming_roberta(tmp_path, offline):
     ckpt = tmp_path / "clap.pt"
     ckpt.write_bytes(b"not read: the hub check comes first")
-    proc, seconds = run_script(CONSTRUCT_SCRIPT, str(ckpt), hf_home=tmp_path / "empty_hf", offline=offline,
-                               timeout=60)
+    proc, seconds = run_script(CONSTRUCT_SCRIPT, str(ckpt), hf_home=tmp_path / "empty_hf", offline=offline, timeout=60)
     assert proc.returncode == 3, proc.stderr
     assert seconds < 20
     message = proc.stdout
@@ -285,7 +308,8 @@ def test_tokenizer_that_knows_no_words_is_refused(hf_home, checkpoint, tmp_path)
     weights = "model.safetensors"
     (snapshot(home, "roberta-base") / weights).symlink_to(snapshot(hf_home, "roberta-base") / weights)
     (snapshot(home, "roberta-base") / "config.json").write_text(
-        (snapshot(hf_home, "roberta-base") / "config.json").read_text())
+        (snapshot(hf_home, "roberta-base") / "config.json").read_text()
+    )
     proc, _ = run_script(CONSTRUCT_SCRIPT, str(checkpoint), hf_home=home)
     assert proc.returncode == 3, proc.stderr
     assert "tokenizer" in proc.stdout and "vocab.json" in proc.stdout
@@ -318,27 +342,48 @@ def test_prompts_job_puts_example_clips_in_the_table(hf_home, dac16_checkpoint, 
     import numpy as np
     import soundfile as sf
 
+    from codecsep_core import DAC_CODECS
     from codecsep_core.dac_codec import DacCodec
     from jobs import synthetic
     from storage import shards
     from storage.dacfile import DacFile, dac_to_rows, write_dac
     from storage.prompt_table import read_prompt_table
-    from codecsep_core import DAC_CODECS
     from storage.schema import DAC_SHARD_SCHEMA, table_from_rows
 
     audio = synthetic.source("tone", 1.0, 16000, np.random.default_rng(0))
     sf.write(str(tmp_path / "tone.wav"), audio, 16000)
     codes = DacCodec.load(str(dac16_checkpoint)).encode(audio[None], 16000)
-    dac = DacFile(codes=codes, chunk_length=codes.shape[-1], original_length=len(audio), input_db=-20.0, channels=1,
-                  sample_rate=16000, padding=True)
+    dac = DacFile(
+        codes=codes,
+        chunk_length=codes.shape[-1],
+        original_length=len(audio),
+        input_db=-20.0,
+        channels=1,
+        sample_rate=16000,
+        padding=True,
+    )
     (tmp_path / "tone.dac").write_bytes(write_dac(dac))
     with shards.ShardWriter(str(tmp_path / "codes"), "w") as w:
         w.write(table_from_rows(dac_to_rows(dac, "clip", DAC_CODECS["dac_16khz"]), DAC_SHARD_SCHEMA))
     table = tmp_path / "prompts.parquet"
-    proc, _ = run_script(PROMPTS_JOB_SCRIPT, "--output", str(table), "--prompt", "speech",
-                         "--audio", f"tone={tmp_path / 'tone.wav'}", "--audio", f"tone_dac={tmp_path / 'tone.dac'}",
-                         "--audio", f"tone_codes={tmp_path / 'codes'}#clip", "--codec-weights", str(dac16_checkpoint),
-                         hf_home=hf_home, offline=True, timeout=600)
+    proc, _ = run_script(
+        PROMPTS_JOB_SCRIPT,
+        "--output",
+        str(table),
+        "--prompt",
+        "speech",
+        "--audio",
+        f"tone={tmp_path / 'tone.wav'}",
+        "--audio",
+        f"tone_dac={tmp_path / 'tone.dac'}",
+        "--audio",
+        f"tone_codes={tmp_path / 'codes'}#clip",
+        "--codec-weights",
+        str(dac16_checkpoint),
+        hf_home=hf_home,
+        offline=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     t = read_prompt_table(str(table))
     assert t.prompts == ("speech", "tone", "tone_dac", "tone_codes")
@@ -353,11 +398,33 @@ def test_prompts_job_puts_example_clips_in_the_table(hf_home, dac16_checkpoint, 
 
     save_masker(Masker(MaskerConfig.preset("tiny")), tmp_path / "masker.safetensors")
     done = subprocess.run(
-        [sys.executable, "-m", "jobs.separate", "--input", str(tmp_path / "codes"), "--output", str(tmp_path / "out"),
-         "--masker", str(tmp_path / "masker.safetensors"), "--codec-weights", str(dac16_checkpoint),
-         "--prompt-table", str(table), "--prompt", "tone", "--prompt", "speech"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, RAY_AUTH_MODE="disabled"),
+        [
+            sys.executable,
+            "-m",
+            "jobs.separate",
+            "--input",
+            str(tmp_path / "codes"),
+            "--output",
+            str(tmp_path / "out"),
+            "--masker",
+            str(tmp_path / "masker.safetensors"),
+            "--codec-weights",
+            str(dac16_checkpoint),
+            "--prompt-table",
+            str(table),
+            "--prompt",
+            "tone",
+            "--prompt",
+            "speech",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = shards.read_table(str(tmp_path / "out"), columns=["id", "prompt", "stem"]).to_pylist()
-    assert sorted((r["id"], r["prompt"], r["stem"]) for r in out) == [("clip", "speech", "target"), ("clip", "tone", "target")]
+    assert sorted((r["id"], r["prompt"], r["stem"]) for r in out) == [
+        ("clip", "speech", "target"),
+        ("clip", "tone", "target"),
+    ]

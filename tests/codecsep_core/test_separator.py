@@ -1,4 +1,5 @@
 """Separation of codes: exactness, batch independence, windows, long clips, bad input."""
+
 import itertools
 import json
 import subprocess
@@ -51,14 +52,16 @@ def test_residual_and_frame_energies_come_from_the_same_pass(tables, tiny_masker
         expected = tables.quantize((1 - mask) * z)
     assert torch.equal(result.residual.long(), expected)
     energy_in = (z[0] ** 2).sum()
-    torch.testing.assert_close(result.residual_scores["energy_kept"], ((1 - mask) * z).pow(2).sum((1, 2)) / energy_in,
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        result.residual_scores["energy_kept"], ((1 - mask) * z).pow(2).sum((1, 2)) / energy_in, rtol=1e-4, atol=1e-6
+    )
     torch.testing.assert_close(result.residual_scores["mask_mean"], (1 - mask).mean((1, 2)), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(result.frame_energy, z[0].pow(2).sum(0), rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(result.frame_kept, (mask * z).pow(2).sum(1), rtol=1e-4, atol=1e-8)
     # the clip score is the frames' kept energy over theirs
-    torch.testing.assert_close(result.scores["energy_kept"], result.frame_kept.sum(1) / result.frame_energy.sum(),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        result.scores["energy_kept"], result.frame_kept.sum(1) / result.frame_energy.sum(), rtol=1e-4, atol=1e-6
+    )
     assert Separator(tables, tiny_masker).separate([codes], prompts)[0].residual is None
 
 
@@ -129,8 +132,12 @@ def test_windowed_constant_mask_equals_whole_clip(tables, prompts):
         masker.out_conv.weight.zero_()
         masker.out_conv.bias.fill_(0.7)  # mask = snake(0.7), the same at every frame
     clip = rand_codes(777, 5)
-    windowed = Separator(tables, masker, SeparatorConfig(window_frames=64, overlap_frames=16)).separate([clip], prompts)[0]
-    whole = Separator(tables, masker, SeparatorConfig(window_frames=1000, overlap_frames=16)).separate([clip], prompts)[0]
+    windowed = Separator(tables, masker, SeparatorConfig(window_frames=64, overlap_frames=16)).separate(
+        [clip], prompts
+    )[0]
+    whole = Separator(tables, masker, SeparatorConfig(window_frames=1000, overlap_frames=16)).separate([clip], prompts)[
+        0
+    ]
     assert (windowed.codes == whole.codes).float().mean() >= 0.999
     torch.testing.assert_close(windowed.scores["mask_mean"], whole.scores["mask_mean"])
 
@@ -180,8 +187,13 @@ def test_clips_from_one_frame_to_30_minutes_with_bounded_memory(tables, tmp_path
     tables.save(path)
 
     def run(n_frames):
-        out = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(path), str(n_frames), stems],
-                             capture_output=True, text=True, check=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS_SCRIPT, str(path), str(n_frames), stems],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     one_frame, minute, half_hour = run(1), run(50 * 60), run(50 * 60 * 30)
@@ -200,7 +212,9 @@ def test_packed_short_clips_equal_each_clip_alone(tables, prompts):
     masker = Masker(MaskerConfig.preset("tiny")).eval()
     rows = []
     masker.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
-    sep = Separator(masker=masker, tables=tables, config=SeparatorConfig(window_frames=100, overlap_frames=20, batch_windows=4))
+    sep = Separator(
+        masker=masker, tables=tables, config=SeparatorConfig(window_frames=100, overlap_frames=20, batch_windows=4)
+    )
     gen = torch.Generator().manual_seed(3)
     clips = [rand_codes(int(n), i) for i, n in enumerate(torch.randint(1, 60, (40,), generator=gen))]
     packed = sep.separate(clips, prompts)

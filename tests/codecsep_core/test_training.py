@@ -1,11 +1,11 @@
 """The pure-torch training pieces: metrics, collation, one step, checkpoints. The codec is a
 random-weight DAC 16 kHz of the real architecture (no weights can be downloaded here)."""
+
 import numpy as np
 import pytest
 import torch
 
-from codecsep_core import Masker, MaskerConfig
-from codecsep_core import training
+from codecsep_core import Masker, MaskerConfig, training
 
 
 def test_latent_snr_known_values_and_valid_frames():

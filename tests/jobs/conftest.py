@@ -1,5 +1,6 @@
 """Fixtures for job tests: one embedded Ray for the session, and a way to crash a job run
 in a subprocess like a lost machine. The random-weight DAC fixtures live in tests/conftest.py."""
+
 import os
 import signal
 import uuid
@@ -52,8 +53,14 @@ def lost_machine():
 @pytest.fixture(scope="session")
 def tiny_quality():
     """Bench overrides: the quality rule's held-out set in a size for tests."""
-    return ["quality.preset=tiny", "quality.train_mixtures=10", "quality.heldout_mixtures=2",
-            "quality.clip_seconds=1.0", "quality.codec_fit_per_kind=4", "quality.lr=0.002"]
+    return [
+        "quality.preset=tiny",
+        "quality.train_mixtures=10",
+        "quality.heldout_mixtures=2",
+        "quality.clip_seconds=1.0",
+        "quality.codec_fit_per_kind=4",
+        "quality.lr=0.002",
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Job configs: each default is defined once (the dataclass), the shipped YAML files agree
 with it, and `--help` shows them; the package works when installed as a wheel."""
+
 import dataclasses
 import os
 import shutil
@@ -14,10 +15,17 @@ import yaml
 from jobs import bench, config, demo, evaluate, export, ingest, prepare_train, prompts, report, select, separate, train
 
 CONFIGS = {
-    "separate": separate.SeparateConfig, "ingest": ingest.IngestConfig, "export": export.ExportConfig,
-    "prepare_train": prepare_train.PrepareTrainConfig, "train": train.TrainConfig, "evaluate": evaluate.EvaluateConfig,
-    "prompts": prompts.PromptsConfig, "demo": demo.DemoConfig, "bench": bench.BenchConfig,
-    "select": select.SelectConfig, "report": report.ReportConfig,
+    "separate": separate.SeparateConfig,
+    "ingest": ingest.IngestConfig,
+    "export": export.ExportConfig,
+    "prepare_train": prepare_train.PrepareTrainConfig,
+    "train": train.TrainConfig,
+    "evaluate": evaluate.EvaluateConfig,
+    "prompts": prompts.PromptsConfig,
+    "demo": demo.DemoConfig,
+    "bench": bench.BenchConfig,
+    "select": select.SelectConfig,
+    "report": report.ReportConfig,
 }
 
 
@@ -44,9 +52,16 @@ def test_every_job_config_is_a_frozen_dataclass():
 
 
 def test_help_shows_every_default():
-    done = subprocess.run([sys.executable, "-m", "jobs.separate", "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.separate", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0
-    for line in ("ray.num_actors=1", "run.max_error_fraction=0.1", "separator.window_frames=500", "run.stall_timeout_s=600.0"):
+    for line in (
+        "ray.num_actors=1",
+        "run.max_error_fraction=0.1",
+        "separator.window_frames=500",
+        "run.stall_timeout_s=600.0",
+    ):
         assert line in done.stdout, line
 
 
@@ -55,22 +70,41 @@ def test_installed_wheel_finds_its_default_configs_from_another_directory(tmp_pa
     a fresh virtualenv that borrows this environment's dependencies (installing torch again
     would take minutes), without its editable link to the repo."""
     repo = tmp_path / "src"  # a copy: building writes build/ and egg-info into the source folder
-    shutil.copytree(Path(__file__).resolve().parents[2], repo, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "build", "*.egg-info", "demo_out", "bench_out", "__pycache__", ".pytest_cache"))
+    shutil.copytree(
+        Path(__file__).resolve().parents[2],
+        repo,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "*.egg-info", "demo_out", "bench_out", "__pycache__", ".pytest_cache"
+        ),
+    )
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(repo)],
-                   check=True, timeout=300, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(repo)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # a plain path: its .pth files are not run
     wheel = next(wheels.glob("codecsep-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, timeout=300, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([str(venv / "bin" / "python"), "-m", "jobs.cli", "separate", "--help"], cwd=elsewhere,
-                          capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "jobs.cli", "separate", "--help"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"defaults from {site}" in done.stdout and "ray.num_actors=1" in done.stdout

@@ -1,6 +1,7 @@
 """`codecsep ingest` and `codecsep export` end to end, on an embedded Ray, with a
 random-weight DAC 16 kHz (clips are short: DAC costs ~0.2 s per audio second to encode
 and ~0.35 s to decode on CPU)."""
+
 import io
 import json
 import subprocess
@@ -10,13 +11,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from codecsep_core import DAC_CODECS
 from codecsep_core.dac_codec import loudness_db
 from jobs import export, ingest
 from storage import fs as sfs
 from storage import shards
 from storage.dacfile import DacFile, dac_to_rows, read_dac, write_dac
-from codecsep_core import DAC_CODECS
 from storage.schema import DAC_SHARD_SCHEMA, table_from_rows
+
 
 def clip(seconds: float, sample_rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
     """[n, channels] float32: tones plus noise at a speech-like level."""
@@ -45,8 +47,9 @@ def rows_by_id(uri: str) -> dict[str, dict]:
 
 def dac_cli(*args: str, cwd) -> None:
     """DAC's own command line, in a subprocess with this venv's python."""
-    done = subprocess.run([sys.executable, "-m", "dac", *args, "--device", "cpu"], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "dac", *args, "--device", "cpu"], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -63,13 +66,26 @@ def dac_cli_files(dac_weights, tmp_path_factory):
     root = tmp_path_factory.mktemp("dac_cli")
     for i, (rel, seconds, rate, channels) in enumerate(CLI_SOURCES):
         write_clip(root / "audio" / rel, clip(seconds, rate, channels, seed=i), rate)
-    dac_cli("encode", str(root / "audio"), "--weights_path", str(dac_weights), "--output", str(root / "codes"),
-            "--win_duration", "1", cwd=root)
+    dac_cli(
+        "encode",
+        str(root / "audio"),
+        "--weights_path",
+        str(dac_weights),
+        "--output",
+        str(root / "codes"),
+        "--win_duration",
+        "1",
+        cwd=root,
+    )
     return root
 
 
-def test_dac_cli_files_ingest_losslessly_and_export_to_files_dac_decodes(ray_session, dac_weights, dac_cli_files, tmp_path):
-    originals = {rel[:-4]: read_dac((dac_cli_files / "codes" / rel).with_suffix(".dac").read_bytes()) for rel, *_ in CLI_SOURCES}
+def test_dac_cli_files_ingest_losslessly_and_export_to_files_dac_decodes(
+    ray_session, dac_weights, dac_cli_files, tmp_path
+):
+    originals = {
+        rel[:-4]: read_dac((dac_cli_files / "codes" / rel).with_suffix(".dac").read_bytes()) for rel, *_ in CLI_SOURCES
+    }
     assert not originals["chunked"].padding and originals["sub/short"].padding  # both DAC layouts are covered
 
     report = run_ingest(str(dac_cli_files / "codes"), str(tmp_path / "shards"))  # no weights: .dac needs no model
@@ -94,8 +110,15 @@ def test_dac_cli_files_ingest_losslessly_and_export_to_files_dac_decodes(ray_ses
         for name in ("chunk_length", "original_length", "channels", "sample_rate", "padding", "dac_version"):
             assert getattr(back, name) == getattr(dac, name), name
 
-    dac_cli("decode", str(tmp_path / "dac"), "--weights_path", str(dac_weights), "--output", str(tmp_path / "decoded"),
-            cwd=tmp_path)
+    dac_cli(
+        "decode",
+        str(tmp_path / "dac"),
+        "--weights_path",
+        str(dac_weights),
+        "--output",
+        str(tmp_path / "decoded"),
+        cwd=tmp_path,
+    )
     for rel, seconds, rate, channels in CLI_SOURCES:
         info = sf.info(str((tmp_path / "decoded" / rel)))
         source = sf.info(str(dac_cli_files / "audio" / rel))
@@ -140,8 +163,17 @@ def test_audio_ingest_then_wav_export_restores_rate_length_and_level(ray_session
 
 def _dac_file(n_codebooks: int, n_frames: int = 20, high: int = 1024, seed: int = 0) -> bytes:
     codes = np.random.default_rng(seed).integers(0, high, (1, n_codebooks, n_frames)).astype(np.uint16)
-    return write_dac(DacFile(codes=codes, chunk_length=n_frames, original_length=n_frames * 320 - 400,
-                             input_db=-20.0, channels=1, sample_rate=16000, padding=True))
+    return write_dac(
+        DacFile(
+            codes=codes,
+            chunk_length=n_frames,
+            original_length=n_frames * 320 - 400,
+            input_db=-20.0,
+            channels=1,
+            sample_rate=16000,
+            padding=True,
+        )
+    )
 
 
 def test_bad_inputs_become_error_rows_while_good_ones_land(ray_session, dac_weights, tmp_path):
@@ -150,7 +182,10 @@ def test_bad_inputs_become_error_rows_while_good_ones_land(ray_session, dac_weig
     (src / "good_codes.dac").write_bytes(_dac_file(12))
     valid_wav = (src / "good.wav").read_bytes()
     bad = {
-        "corrupt_audio.wav": (np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes(), "unreadable audio"),
+        "corrupt_audio.wav": (
+            np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+            "unreadable audio",
+        ),
         "truncated_audio.wav": (valid_wav[: len(valid_wav) // 2], "truncated"),
         "empty.flac": (b"", "empty file"),
         "corrupt_codes.dac": (b"\x93NUMPY garbage" * 10, "not a .dac file"),
@@ -180,7 +215,9 @@ def test_bad_inputs_become_error_rows_while_good_ones_land(ray_session, dac_weig
     rerun = run_ingest(str(src), str(tmp_path / "codes"), "--codec-weights", str(dac_weights), tolerant)
     assert (rerun.rows_out, rerun.errors, rerun.skipped_done) == (0, 0, 11)  # failed inputs are done too
     assert shards.read_errors(str(tmp_path / "codes")).num_rows == 9  # and not reported twice
-    retry = run_ingest(str(src), str(tmp_path / "codes"), "--codec-weights", str(dac_weights), "--retry-errors", tolerant)
+    retry = run_ingest(
+        str(src), str(tmp_path / "codes"), "--codec-weights", str(dac_weights), "--retry-errors", tolerant
+    )
     assert (retry.rows_out, retry.errors, retry.skipped_done) == (0, 9, 2)
     assert shards.read_errors(str(tmp_path / "codes")).num_rows == 9  # retried, not duplicated
 
@@ -212,8 +249,9 @@ def test_ingest_and_export_with_s3_uris(ray_session, dac_weights, dac_cli_files,
 def test_separated_shards_export_one_file_per_clip_and_prompt(ray_session, dac_weights, tmp_path):
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 1024, (2, 12, 30)).astype(np.uint16)  # a stereo clip, 0.6 s
-    dac = DacFile(codes=codes, chunk_length=30, original_length=13000, input_db=-23.0, channels=2,
-                  sample_rate=22050, padding=True)
+    dac = DacFile(
+        codes=codes, chunk_length=30, original_length=13000, input_db=-23.0, channels=2, sample_rate=22050, padding=True
+    )
     rows = dac_to_rows(dac, "album/track", DAC_CODECS["dac_16khz"])
     prompts = ["speech", "Dog barking!"]
     table = table_from_rows([{**r, "prompt": p} for p in prompts for r in rows], DAC_SHARD_SCHEMA)

@@ -1,6 +1,7 @@
 """`codecsep report` in a real headless browser (Debian's chromium, `make install-browser`),
 driven over the DevTools protocol on a pipe: the page loads with no console errors, and the
 screenshot has ink where each chart is."""
+
 import base64
 import io
 import json
@@ -35,7 +36,11 @@ class DevTools:
 
         self.proc = subprocess.Popen(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=wire, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pass_fds=(3, 4),
+            preexec_fn=wire,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self._buf, self._next_id, self.events = b"", 0, []
@@ -93,10 +98,19 @@ def separated_scores(root, n_clips: int = 12) -> str:
         for i in range(n_clips):
             duration = rng.uniform(2, 10)
             spans = sorted(rng.uniform(0, duration, 2).tolist())
-            rows.append({"id": f"clip{i:02d}", "prompt": prompt, "energy_kept": float(rng.uniform(0, 0.9)),
-                         "mask_mean": float(rng.uniform(0.1, 0.7)), "active_fraction": (spans[1] - spans[0]) / duration,
-                         "active_spans": [spans], "n_samples": int(duration * 16000), "sample_rate": 16000,
-                         "codec": "dac_16khz"})
+            rows.append(
+                {
+                    "id": f"clip{i:02d}",
+                    "prompt": prompt,
+                    "energy_kept": float(rng.uniform(0, 0.9)),
+                    "mask_mean": float(rng.uniform(0.1, 0.7)),
+                    "active_fraction": (spans[1] - spans[0]) / duration,
+                    "active_spans": [spans],
+                    "n_samples": int(duration * 16000),
+                    "sample_rate": 16000,
+                    "codec": "dac_16khz",
+                }
+            )
     with shards.ShardWriter(str(root), "w", shards.ShardOptions(max_rows=10)) as w:
         w.write(pa.Table.from_pylist(rows))
     best = max((r for r in rows if r["prompt"] == "rain"), key=lambda r: r["energy_kept"])
@@ -116,27 +130,44 @@ def test_report_page_renders_its_charts_without_errors(tmp_path, browser):
 
     for domain in ("Page", "Runtime", "Log"):
         browser.call(f"{domain}.enable", session=True)
-    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1300, height=900, deviceScaleFactor=1,
-                 mobile=False)
+    browser.call(
+        "Emulation.setDeviceMetricsOverride", session=True, width=1300, height=900, deviceScaleFactor=1, mobile=False
+    )
     browser.call("Page.navigate", session=True, url=out.as_uri())
     browser.wait_for("Page.loadEventFired")
-    found = json.loads(browser.call("Runtime.evaluate", session=True, returnByValue=True, expression="""
+    found = json.loads(
+        browser.call(
+            "Runtime.evaluate",
+            session=True,
+            returnByValue=True,
+            expression="""
         JSON.stringify({
           charts: [...document.querySelectorAll('svg.chart')].map(e => {
             const r = e.getBoundingClientRect(); return [r.x + scrollX, r.y + scrollY, r.width, r.height]; }),
           timelines: document.querySelectorAll('svg.timeline').length,
           audio: [...document.querySelectorAll('audio')].map(a => a.src.slice(0, 14)),
-          height: document.documentElement.scrollHeight})""")["result"]["value"])
-    errors = [e for e in browser.events if e.get("method") in ("Runtime.exceptionThrown",)
-              or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-              or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")]
+          height: document.documentElement.scrollHeight})""",
+        )["result"]["value"]
+    )
+    errors = [
+        e
+        for e in browser.events
+        if e.get("method") in ("Runtime.exceptionThrown",)
+        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+        or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
+    ]
     assert errors == []
     assert len(found["charts"]) == 3 * len(PROMPTS)  # energy kept, mask mean, active fraction per prompt
     assert found["timelines"] == 2 * 2 * 5  # top and bottom 5 per prompt
     assert found["audio"] == ["data:audio/wav"]
 
-    shot = browser.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True,
-                        clip={"x": 0, "y": 0, "width": 1300, "height": found["height"], "scale": 1})
+    shot = browser.call(
+        "Page.captureScreenshot",
+        session=True,
+        format="png",
+        captureBeyondViewport=True,
+        clip={"x": 0, "y": 0, "width": 1300, "height": found["height"], "scale": 1},
+    )
     image = Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
     (tmp_path / "report.png").write_bytes(base64.b64decode(shot["data"]))
     pixels = np.asarray(image).astype(int)

@@ -1,4 +1,5 @@
 """`codecsep select`: curated rows and segments from separated shards, exported to audio."""
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -19,9 +20,16 @@ def clip_row(clip_id: str, n_frames: int, n_samples: int, seed: int, **extra) ->
 
 
 def dac_meta(n_frames: int, original_rate: int, original_length: int, padding: bool = True) -> dict:
-    return {"dac_version": "1.0.0", "dac_chunk_length": n_frames, "dac_padding": padding, "dac_input_db": -20.0,
-            "dac_channels": 1, "dac_channel": 0, "dac_original_length": original_length,
-            "dac_sample_rate": original_rate}
+    return {
+        "dac_version": "1.0.0",
+        "dac_chunk_length": n_frames,
+        "dac_padding": padding,
+        "dac_input_db": -20.0,
+        "dac_channels": 1,
+        "dac_channel": 0,
+        "dac_original_length": original_length,
+        "dac_sample_rate": original_rate,
+    }
 
 
 @pytest.fixture
@@ -41,17 +49,30 @@ def datasets(tmp_path):
         for clip in clips:
             rng = np.random.default_rng(len(separated) + 10)
             other = rng.integers(0, 1024, clip["codes"].shape, dtype=np.uint16)
-            separated.append({**clip, "codes": other, "prompt": prompt, "mask_mean": 0.5,
-                              "energy_kept": gain * (0.2 + fraction[clip["id"]]),
-                              "active_fraction": fraction[clip["id"]], "active_spans": spans[clip["id"]]})
+            separated.append(
+                {
+                    **clip,
+                    "codes": other,
+                    "prompt": prompt,
+                    "mask_mean": 0.5,
+                    "energy_kept": gain * (0.2 + fraction[clip["id"]]),
+                    "active_fraction": fraction[clip["id"]],
+                    "active_spans": spans[clip["id"]],
+                }
+            )
     archive, sep = str(tmp_path / "archive"), str(tmp_path / "separated")
     with shards.ShardWriter(archive, "w") as w:
         w.write(table_from_rows(clips, DAC_SHARD_SCHEMA))
     schema = DAC_SHARD_SCHEMA.append(SEPARATED_SHARD_SCHEMA.field("prompt"))
     with shards.ShardWriter(sep, "w", shards.ShardOptions(max_rows=3)) as w:
         w.write(table_from_rows(separated, schema))
-    return {"archive": archive, "separated": sep, "clips": {c["id"]: c for c in clips}, "spans": spans,
-            "separated_codes": {(r["id"], r["prompt"]): r["codes"] for r in separated}}
+    return {
+        "archive": archive,
+        "separated": sep,
+        "clips": {c["id"]: c for c in clips},
+        "spans": spans,
+        "separated_codes": {(r["id"], r["prompt"]): r["codes"] for r in separated},
+    }
 
 
 def run_select(*args):
@@ -105,8 +126,20 @@ def test_whole_rows_by_score_with_codes_from_the_archive(datasets, tmp_path):
     with shards.ShardWriter(scores_only, "w") as w:
         w.write(table)
     out = str(tmp_path / "kept")
-    report = run_select("--input", scores_only, "--output", out, "--prompt", "rain", "--min-energy-kept", "0.3",
-                        "--min-active-fraction", "0.3", "--codes-from", datasets["archive"])
+    report = run_select(
+        "--input",
+        scores_only,
+        "--output",
+        out,
+        "--prompt",
+        "rain",
+        "--min-energy-kept",
+        "0.3",
+        "--min-active-fraction",
+        "0.3",
+        "--codes-from",
+        datasets["archive"],
+    )
     rows = {r["id"]: r for r in shards.read_table(out).to_pylist()}
     assert set(rows) == {"a"} and report.rows_out == 1  # energy kept for rain: a 0.465, music/b 0.29
     np.testing.assert_array_equal(np.array(rows["a"]["codes"], np.uint16), datasets["clips"]["a"]["codes"])

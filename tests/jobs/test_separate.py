@@ -1,5 +1,6 @@
 """The main job end to end: real local Ray, real Parquet, a loopback S3 server (moto),
 a random-weight masker and codec tables of the real architectures."""
+
 import json
 import os
 import subprocess
@@ -68,11 +69,17 @@ def setup_job(root, tables, masker, embeddings, shards, **overrides):
     write_prompt_table(sfs.join(root, "prompts.parquet"), PromptTable(tuple(PROMPTS), embeddings.numpy(), "test"))
     for name, table in shards.items():
         put_table(sfs.join(root, "in", name), table)
-    return SeparateConfig(**{
-        "input": sfs.join(root, "in"), "output": sfs.join(root, "out"), "prompts": list(PROMPTS),
-        "masker": sfs.join(root, "models/masker.safetensors"), "codec_tables": sfs.join(root, "models/tables.safetensors"),
-        "prompt_table": sfs.join(root, "prompts.parquet"), **overrides,
-    })
+    return SeparateConfig(
+        **{
+            "input": sfs.join(root, "in"),
+            "output": sfs.join(root, "out"),
+            "prompts": list(PROMPTS),
+            "masker": sfs.join(root, "models/masker.safetensors"),
+            "codec_tables": sfs.join(root, "models/tables.safetensors"),
+            "prompt_table": sfs.join(root, "prompts.parquet"),
+            **overrides,
+        }
+    )
 
 
 def assert_exactly_once(output, expected_ids, prompts=PROMPTS, stems=("target",)):
@@ -86,8 +93,10 @@ def test_end_to_end_on_s3_matches_the_in_process_separator(ray_session, s3_bucke
     lengths = [1, 37, 500, 1234, 80, 260]
     codes = {f"clip{i:02d}": rand_codes(n, i) for i, n in enumerate(lengths)}
     ids = list(codes)
-    shards = {"a/part-0.parquet": shard(ids[:3], [codes[i] for i in ids[:3]]),
-              "b/part-1.parquet": shard(ids[3:], [codes[i] for i in ids[3:]])}
+    shards = {
+        "a/part-0.parquet": shard(ids[:3], [codes[i] for i in ids[:3]]),
+        "b/part-1.parquet": shard(ids[3:], [codes[i] for i in ids[3:]]),
+    }
     cfg = setup_job(s3_bucket, tables, models["tiny"], embeddings, shards)
 
     report = run(cfg)
@@ -106,7 +115,9 @@ def test_end_to_end_on_s3_matches_the_in_process_separator(ray_session, s3_bucke
             assert got.shape == (12, codes[clip_id].shape[1])
             assert (got == expected.codes[p].numpy()).mean() >= 0.999
             assert row["energy_kept"][0].as_py() == pytest.approx(expected.scores["energy_kept"][p].item(), rel=1e-3)
-            assert row["mask_mean"][0].as_py() == pytest.approx(expected.scores["mask_mean"][p].item(), rel=1e-3, abs=1e-6)
+            assert row["mask_mean"][0].as_py() == pytest.approx(
+                expected.scores["mask_mean"][p].item(), rel=1e-3, abs=1e-6
+            )
     speech = read_table(cfg.output, filter=pc.field("prompt") == "speech")
     assert sorted(speech["id"].to_pylist()) == ids
 
@@ -118,12 +129,20 @@ def test_bad_rows_of_each_kind_land_in_errors_and_good_rows_land(ray_session, tm
         [rand_codes(30, 1, n_q=9), np.full((12, 30), 2000, np.uint16), np.zeros((12, 0), np.uint16)],
     )
     wrong_codec = shard(["bad_codec"], [rand_codes(30, 2)], codec="dac_44khz")
-    ragged = pa.table({"id": ["bad_ragged"], "codes": pa.array([[[1, 2, 3], [4, 5]]], pa.list_(pa.list_(pa.uint16()))),
-                       "codec": ["dac_16khz"], "sample_rate": pa.array([16000], pa.int32()),
-                       "n_samples": pa.array([960], pa.int64())})
+    ragged = pa.table(
+        {
+            "id": ["bad_ragged"],
+            "codes": pa.array([[[1, 2, 3], [4, 5]]], pa.list_(pa.list_(pa.uint16()))),
+            "codec": ["dac_16khz"],
+            "sample_rate": pa.array([16000], pa.int32()),
+            "n_samples": pa.array([960], pa.int64()),
+        }
+    )
     ids = list(good)
-    shards = {"good.parquet": shard(ids, list(good.values())),
-              "mixed.parquet": pa.concat_tables([bad_rows, wrong_codec, ragged], promote_options="default")}
+    shards = {
+        "good.parquet": shard(ids, list(good.values())),
+        "mixed.parquet": pa.concat_tables([bad_rows, wrong_codec, ragged], promote_options="default"),
+    }
     cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, shards, run=RunOptions(max_error_fraction=1.0))
     (tmp_path / "in" / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
 
@@ -150,10 +169,27 @@ def test_mostly_bad_input_exits_3_after_writing_every_error_row(ray_session, tmp
     bad = shard([f"bad{i}" for i in range(4)], [rand_codes(30, i, n_q=9) for i in range(4)])
     good = shard(["good"], [rand_codes(30, 9)])
     cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p.parquet": pa.concat_tables([bad, good])})
-    cmd = [sys.executable, "-m", "jobs.separate", "--input", cfg.input, "--output", cfg.output, "--masker", cfg.masker,
-           "--codec-tables", cfg.codec_tables, "--prompt-table", cfg.prompt_table, "--max-error-fraction", "0.5",
-           *[a for p in PROMPTS for a in ("--prompt", p)]]
-    done = subprocess.run(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.separate",
+        "--input",
+        cfg.input,
+        "--output",
+        cfg.output,
+        "--masker",
+        cfg.masker,
+        "--codec-tables",
+        cfg.codec_tables,
+        "--prompt-table",
+        cfg.prompt_table,
+        "--max-error-fraction",
+        "0.5",
+        *[a for p in PROMPTS for a in ("--prompt", p)],
+    ]
+    done = subprocess.run(
+        cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 3, done.stderr[-2000:]
     assert "4 of 5 input rows failed, over max_error_fraction=0.5" in done.stderr
     assert read_errors(cfg.output).num_rows == 4
@@ -164,7 +200,9 @@ def test_mostly_bad_input_exits_3_after_writing_every_error_row(ray_session, tmp
 
 def test_rerun_over_a_grown_archive_processes_only_new_clips(ray_session, tmp_path, tables, models, embeddings):
     first = {f"old{i}": rand_codes(40, i) for i in range(5)}
-    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p0.parquet": shard(list(first), list(first.values()))})
+    cfg = setup_job(
+        str(tmp_path), tables, models["tiny"], embeddings, {"p0.parquet": shard(list(first), list(first.values()))}
+    )
     assert run(cfg).rows_in == 5
     files_before = set(sfs.list_files(cfg.output, [".parquet"]))
 
@@ -180,18 +218,37 @@ def test_rerun_over_a_grown_archive_processes_only_new_clips(ray_session, tmp_pa
     assert_exactly_once(cfg.output, list(first) + list(new))
 
 
-def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_session, tmp_path, tables, models, embeddings,
-                                                                       lost_machine):
+def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(
+    ray_session, tmp_path, tables, models, embeddings, lost_machine
+):
     """kill -9 of the driver and all its Ray processes mid-write, like a lost machine; the
     same command again must finish the work exactly once."""
     clips = {f"c{i:03d}": rand_codes(500, i) for i in range(24)}
     ids = list(clips)
     shards = {f"p{k}.parquet": shard(ids[k::4], [clips[i] for i in ids[k::4]]) for k in range(4)}
     cfg = setup_job(str(tmp_path), tables, models["paper"], embeddings, shards)
-    cmd = [sys.executable, "-m", "jobs.separate", "--input", cfg.input, "--output", cfg.output,
-           "--masker", cfg.masker, "--codec-tables", cfg.codec_tables, "--prompt-table", cfg.prompt_table,
-           "--batch-size", "2", "--residual", "run.min_rows_per_file=1"] + [a for p in PROMPTS for a in ("--prompt", p)]
-    proc = subprocess.Popen(cmd, env=lost_machine.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.separate",
+        "--input",
+        cfg.input,
+        "--output",
+        cfg.output,
+        "--masker",
+        cfg.masker,
+        "--codec-tables",
+        cfg.codec_tables,
+        "--prompt-table",
+        cfg.prompt_table,
+        "--batch-size",
+        "2",
+        "--residual",
+        "run.min_rows_per_file=1",
+    ] + [a for p in PROMPTS for a in ("--prompt", p)]
+    proc = subprocess.Popen(
+        cmd, env=lost_machine.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     out_dir = tmp_path / "out"
     deadline = time.time() + 240
     while time.time() < deadline and not list(out_dir.glob("*.parquet")):
@@ -201,7 +258,9 @@ def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(ray_sessi
     written = read_table(cfg.output, columns=["id"]).num_rows if list(out_dir.glob("*.parquet")) else 0
     assert 0 < written < len(ids) * len(PROMPTS) * 2, "the kill must land mid-job"
 
-    done = subprocess.run(cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600
+    )
 
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert_exactly_once(cfg.output, ids, stems=("target", "residual"))
@@ -226,8 +285,14 @@ def test_residual_stems_scores_and_spans_come_from_one_pass(ray_session, tmp_pat
     """--residual: per (clip, prompt) the target and the residual stem, each equal to the
     in-process separator's, with its own scores; where the prompt's source sounds on both."""
     codes = {f"r{i}": rand_codes(n, 40 + i) for i, n in enumerate([60, 700, 130])}
-    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p.parquet": shard(list(codes), list(codes.values()))},
-                    residual=True)
+    cfg = setup_job(
+        str(tmp_path),
+        tables,
+        models["tiny"],
+        embeddings,
+        {"p.parquet": shard(list(codes), list(codes.values()))},
+        residual=True,
+    )
     report = run(cfg)
     assert report.rows_out == 3 * len(PROMPTS) * 2
     assert_exactly_once(cfg.output, list(codes), stems=("target", "residual"))
@@ -237,8 +302,10 @@ def test_residual_stems_scores_and_spans_come_from_one_pass(ray_session, tmp_pat
         expected = sep.separate([torch.from_numpy(c.astype(np.int64))], embeddings, residual=True)[0]
         for p, prompt in enumerate(PROMPTS):
             rows = {r["stem"]: r for r in out if r["id"] == clip_id and r["prompt"] == prompt}
-            for stem, want, scores in (("target", expected.codes, expected.scores),
-                                       ("residual", expected.residual, expected.residual_scores)):
+            for stem, want, scores in (
+                ("target", expected.codes, expected.scores),
+                ("residual", expected.residual, expected.residual_scores),
+            ):
                 got = codes_to_numpy(rows[stem]["codes"])
                 assert (got == want[p].numpy()).mean() >= 0.999, (clip_id, prompt, stem)
                 assert rows[stem]["energy_kept"] == pytest.approx(scores["energy_kept"][p].item(), rel=1e-3)
@@ -264,12 +331,20 @@ def test_a_scores_only_pass_has_the_full_runs_scores_and_no_codes(ray_session, t
 
 def test_an_excluded_prompt_is_composed_out_of_every_target(ray_session, tmp_path, tables, models, embeddings):
     c = rand_codes(120, 77)
-    cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p.parquet": shard(["x"], [c])},
-                    prompts=PROMPTS[:2], exclude=[PROMPTS[2]])
+    cfg = setup_job(
+        str(tmp_path),
+        tables,
+        models["tiny"],
+        embeddings,
+        {"p.parquet": shard(["x"], [c])},
+        prompts=PROMPTS[:2],
+        exclude=[PROMPTS[2]],
+    )
     run(cfg)
     assert_exactly_once(cfg.output, ["x"], prompts=PROMPTS[:2])
-    expected = Separator(tables, models["tiny"]).separate([torch.from_numpy(c.astype(np.int64))], embeddings[:2],
-                                                          exclude=embeddings[2:])[0]
+    expected = Separator(tables, models["tiny"]).separate(
+        [torch.from_numpy(c.astype(np.int64))], embeddings[:2], exclude=embeddings[2:]
+    )[0]
     out = read_table(cfg.output).to_pylist()
     for p, prompt in enumerate(PROMPTS[:2]):
         row = next(r for r in out if r["prompt"] == prompt)

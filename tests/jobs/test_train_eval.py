@@ -5,6 +5,7 @@ audio (`synthetic.fitted_random_codec`: an unfitted random DAC's codes carry not
 mask could separate), and prompts are fixed per-prompt vectors: neither DAC nor CLAP
 weights can be downloaded here. Clips are short (DAC encodes at ~0.2 s per audio second
 on this CPU)."""
+
 import json
 import subprocess
 import sys
@@ -23,18 +24,40 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def prepare(src, dst, weights, *extra):
-    return prepare_train.run(prepare_train.parse_args([str(src), str(dst), "--codec-weights", str(weights),
-                                                       "segment_seconds=1.0", *extra, *FAST]))
+    return prepare_train.run(
+        prepare_train.parse_args(
+            [str(src), str(dst), "--codec-weights", str(weights), "segment_seconds=1.0", *extra, *FAST]
+        )
+    )
 
 
 def train_args(data, out, weights, *extra):
-    return [str(data), str(out), "--codec-weights", str(weights), "--preset", "tiny", "--fixed-prompts-if-offline",
-            "segment_frames=52", "log_every=10", *extra, *FAST]
+    return [
+        str(data),
+        str(out),
+        "--codec-weights",
+        str(weights),
+        "--preset",
+        "tiny",
+        "--fixed-prompts-if-offline",
+        "segment_frames=52",
+        "log_every=10",
+        *extra,
+        *FAST,
+    ]
 
 
 def run_evaluate(data, out, run_dir, weights=None):
-    args = [str(data), str(out), "--masker", str(run_dir / "masker.safetensors"),
-            "--codec-tables", str(run_dir / "codec_tables.safetensors"), "--prompt-table", str(run_dir / "prompts.parquet")]
+    args = [
+        str(data),
+        str(out),
+        "--masker",
+        str(run_dir / "masker.safetensors"),
+        "--codec-tables",
+        str(run_dir / "codec_tables.safetensors"),
+        "--prompt-table",
+        str(run_dir / "prompts.parquet"),
+    ]
     return evaluate.run(evaluate.parse_args(args + (["--codec-weights", str(weights)] if weights else [])))
 
 
@@ -47,9 +70,24 @@ def synthetic_sets(tmp_path_factory, ray_session):
     synthetic.write_sources(root / "src_train", per_kind=10, seconds=1.5, seed=0)
     synthetic.write_sources(root / "src_heldout", per_kind=2, seconds=1.5, seed=1)
     weights = synthetic.fitted_random_codec(root / "codec.pth")
-    prepare(root / "src_train", root / "data", weights, "mixing.n_mixtures=30", "val_fraction=0.2", *synthetic.EVERY_KIND_MIXING)
-    prepare(root / "src_heldout", root / "heldout", weights, "mixing.n_mixtures=6", "val_fraction=0",
-            "mixing.seed=1", "keep_audio=true", *synthetic.EVERY_KIND_MIXING)
+    prepare(
+        root / "src_train",
+        root / "data",
+        weights,
+        "mixing.n_mixtures=30",
+        "val_fraction=0.2",
+        *synthetic.EVERY_KIND_MIXING,
+    )
+    prepare(
+        root / "src_heldout",
+        root / "heldout",
+        weights,
+        "mixing.n_mixtures=6",
+        "val_fraction=0",
+        "mixing.seed=1",
+        "keep_audio=true",
+        *synthetic.EVERY_KIND_MIXING,
+    )
     return root
 
 
@@ -75,8 +113,19 @@ def test_trained_masker_beats_identity_and_wrong_prompt(synthetic_sets, tmp_path
     identity mask and the same masker given the other prompts."""
     run_dir = tmp_path / "run"
     weights = synthetic_sets / "codec.pth"
-    report = train.run(train.parse_args(train_args(synthetic_sets / "data", run_dir, weights, "max_steps=200",
-                                                   "val_every=100", "checkpoint_every=100", "optimizer.lr=0.002")))
+    report = train.run(
+        train.parse_args(
+            train_args(
+                synthetic_sets / "data",
+                run_dir,
+                weights,
+                "max_steps=200",
+                "val_every=100",
+                "checkpoint_every=100",
+                "optimizer.lr=0.002",
+            )
+        )
+    )
     assert report.extra["prompt_encoder"] == resolve.FIXED_ENCODER
     history = report.extra["val_history"]
     assert [h["step"] for h in history] == [100, 200]
@@ -106,17 +155,50 @@ def test_evaluate_measures_what_separate_writes(synthetic_sets, tmp_path):
 
     run_dir = tmp_path / "run"
     weights = synthetic_sets / "codec.pth"
-    train.run(train.parse_args(train_args(synthetic_sets / "data", run_dir, weights, "max_steps=20", "val_every=20",
-                                          "checkpoint_every=20", "optimizer.lr=0.002")))
+    train.run(
+        train.parse_args(
+            train_args(
+                synthetic_sets / "data",
+                run_dir,
+                weights,
+                "max_steps=20",
+                "val_every=20",
+                "checkpoint_every=20",
+                "optimizer.lr=0.002",
+            )
+        )
+    )
     heldout = shards.read_table(str(synthetic_sets / "heldout" / "train"))
     ev, _ = run_evaluate(synthetic_sets / "heldout" / "train", tmp_path / "eval", run_dir)
-    codes = table_from_columns({"id": heldout["id"], "codes": heldout["mix_codes"], "codec": heldout["codec"],
-                                "sample_rate": heldout["sample_rate"], "n_samples": heldout["n_samples"]}, CODE_SHARD_SCHEMA)
+    codes = table_from_columns(
+        {
+            "id": heldout["id"],
+            "codes": heldout["mix_codes"],
+            "codec": heldout["codec"],
+            "sample_rate": heldout["sample_rate"],
+            "n_samples": heldout["n_samples"],
+        },
+        CODE_SHARD_SCHEMA,
+    )
     shards.write_table_atomic(str(tmp_path / "codes" / "part-0.parquet"), codes)
-    separate.run(separate.parse_args([
-        "--input", str(tmp_path / "codes"), "--output", str(tmp_path / "separated"),
-        "--masker", str(run_dir / "masker.safetensors"), "--codec-tables", str(run_dir / "codec_tables.safetensors"),
-        "--prompt-table", str(run_dir / "prompts.parquet"), *sum((["--prompt", k] for k in synthetic.KINDS), []), *FAST]))
+    separate.run(
+        separate.parse_args(
+            [
+                "--input",
+                str(tmp_path / "codes"),
+                "--output",
+                str(tmp_path / "separated"),
+                "--masker",
+                str(run_dir / "masker.safetensors"),
+                "--codec-tables",
+                str(run_dir / "codec_tables.safetensors"),
+                "--prompt-table",
+                str(run_dir / "prompts.parquet"),
+                *sum((["--prompt", k] for k in synthetic.KINDS), []),
+                *FAST,
+            ]
+        )
+    )
     out = {(r["id"], r["prompt"]): r["codes"] for r in shards.read_table(str(tmp_path / "separated")).to_pylist()}
     tables = CodecTables.load(run_dir / "codec_tables.safetensors")
     per_prompt: dict[str, list[float]] = {}
@@ -130,8 +212,11 @@ def test_evaluate_measures_what_separate_writes(synthetic_sets, tmp_path):
 
 def write_dnr_clip(folder: Path, seconds: float = 2.0, rate: int = 16000) -> None:
     rng = np.random.default_rng(3)
-    stems = {"speech": synthetic.source("tone", seconds, rate, rng), "music": synthetic.source("noise", seconds, rate, rng),
-             "sfx": synthetic.source("clicks", seconds, rate, rng)}
+    stems = {
+        "speech": synthetic.source("tone", seconds, rate, rng),
+        "music": synthetic.source("noise", seconds, rate, rng),
+        "sfx": synthetic.source("clicks", seconds, rate, rng),
+    }
     folder.mkdir(parents=True)
     for name, audio in stems.items():
         sf.write(str(folder / f"{name}.wav"), audio, rate)
@@ -145,11 +230,20 @@ def test_dnr_layout_prepare_train_evaluate(tmp_path, ray_session, dac_weights):
     assert report.extra["layout"] == "dnr"
     rows = shards.read_table(str(tmp_path / "data" / "train"), columns=["id", "prompt"]).to_pylist()
     assert {(r["id"], r["prompt"]) for r in rows} == {
-        ("tr/00001/0000#speech", "speech"), ("tr/00001/0000#music", "music"), ("tr/00001/0000#sfx", "dog_bark, rain"),
-        ("tr/00001/0001#speech", "speech"), ("tr/00001/0001#music", "music"), ("tr/00001/0001#sfx", "rain"),
+        ("tr/00001/0000#speech", "speech"),
+        ("tr/00001/0000#music", "music"),
+        ("tr/00001/0000#sfx", "dog_bark, rain"),
+        ("tr/00001/0001#speech", "speech"),
+        ("tr/00001/0001#music", "music"),
+        ("tr/00001/0001#sfx", "rain"),
     }
-    train.run(train.parse_args(train_args(tmp_path / "data", tmp_path / "run", dac_weights, "max_steps=4", "val_every=4",
-                                          "checkpoint_every=4")))
+    train.run(
+        train.parse_args(
+            train_args(
+                tmp_path / "data", tmp_path / "run", dac_weights, "max_steps=4", "val_every=4", "checkpoint_every=4"
+            )
+        )
+    )
     ev, table = run_evaluate(tmp_path / "data" / "train", tmp_path / "eval", tmp_path / "run")
     assert set(ev.extra["summary"]) == {"speech", "music", "dog_bark, rain", "rain", "(all)"}
     assert "| dog_bark, rain |" in table
@@ -157,10 +251,17 @@ def test_dnr_layout_prepare_train_evaluate(tmp_path, ray_session, dac_weights):
 
 def test_train_resumes_from_latest_checkpoint_after_kill(synthetic_sets, tmp_path, lost_machine):
     out = tmp_path / "run"
-    args = train_args(synthetic_sets / "data", out, synthetic_sets / "codec.pth", "max_steps=20", "val_every=20", "checkpoint_every=5")
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.train", *args], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=lost_machine.env)
+    args = train_args(
+        synthetic_sets / "data", out, synthetic_sets / "codec.pth", "max_steps=20", "val_every=20", "checkpoint_every=5"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", *args],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=lost_machine.env,
+    )
     try:
         deadline = time.time() + 400
         while train.latest_checkpoint(str(out)) is None and proc.poll() is None and time.time() < deadline:

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
+from codecsep_core import DAC_CODECS
 from storage.dacfile import (
     DacFile,
     InvalidDacFile,
@@ -15,7 +16,6 @@ from storage.dacfile import (
     read_dac,
     write_dac,
 )
-from codecsep_core import DAC_CODECS
 from storage.schema import DAC_SHARD_SCHEMA, check_batch, table_from_rows
 from storage.shards import ShardWriter, read_table
 
@@ -28,8 +28,16 @@ SPEC = DAC_CODECS["dac_16khz"]
 def model():
     """DAC's 16 kHz architecture (same strides, so the same chunk geometry), small widths."""
     torch.manual_seed(0)
-    return dac.DAC(encoder_dim=16, encoder_rates=[2, 4, 5, 8], decoder_dim=32, decoder_rates=[8, 5, 4, 2],
-                   n_codebooks=12, codebook_size=1024, codebook_dim=8, sample_rate=16000).eval()
+    return dac.DAC(
+        encoder_dim=16,
+        encoder_rates=[2, 4, 5, 8],
+        decoder_dim=32,
+        decoder_rates=[8, 5, 4, 2],
+        n_codebooks=12,
+        codebook_size=1024,
+        codebook_dim=8,
+        sample_rate=16000,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +63,13 @@ def test_reads_what_dac_writes(dac_files, name):
     assert got.codes.dtype == np.uint16
     np.testing.assert_array_equal(got.codes, ref.codes.numpy())
     assert (got.chunk_length, got.original_length, got.channels, got.sample_rate, got.padding, got.dac_version) == (
-        ref.chunk_length, ref.original_length, ref.channels, ref.sample_rate, ref.padding, ref.dac_version)
+        ref.chunk_length,
+        ref.original_length,
+        ref.channels,
+        ref.sample_rate,
+        ref.padding,
+        ref.dac_version,
+    )
     assert got.input_db == pytest.approx(float(ref.input_db[0]))
     assert got.padding == (name == "mono")
     assert write_dac(got) == path.read_bytes()  # byte for byte what DACFile.save wrote
@@ -108,8 +122,15 @@ def test_dac_from_rows_needs_every_channel(dac_files):
 
 
 def test_n_samples_is_at_the_codec_rate():
-    f = DacFile(codes=np.zeros((1, 12, 10), np.uint16), chunk_length=10, original_length=44100,
-                input_db=-16.0, channels=1, sample_rate=44100, padding=True)
+    f = DacFile(
+        codes=np.zeros((1, 12, 10), np.uint16),
+        chunk_length=10,
+        original_length=44100,
+        input_db=-16.0,
+        channels=1,
+        sample_rate=44100,
+        padding=True,
+    )
     assert dac_to_rows(f, "x", SPEC)[0]["n_samples"] == 16000
 
 
@@ -123,8 +144,15 @@ def npy(obj) -> bytes:
 
 
 def artifacts(**meta):
-    metadata = {"input_db": np.array([-20.0], np.float32), "original_length": 3200, "sample_rate": 16000,
-                "chunk_length": 10, "channels": 1, "padding": True, "dac_version": "1.0.0"}
+    metadata = {
+        "input_db": np.array([-20.0], np.float32),
+        "original_length": 3200,
+        "sample_rate": 16000,
+        "chunk_length": 10,
+        "channels": 1,
+        "padding": True,
+        "dac_version": "1.0.0",
+    }
     metadata.update(meta)
     return {"codes": np.zeros((1, 12, 10), np.uint16), "metadata": metadata}
 
@@ -167,7 +195,9 @@ def test_malicious_payload_is_live_when_unpickled_by_numpy(tmp_path):
 def test_malicious_dac_is_refused_and_nothing_runs(tmp_path, where, payload):
     marker = tmp_path / "pwned"
     evil = payload(f"touch {marker}" if payload is RunsCommand else str(marker))
-    obj = artifacts(input_db=evil) if where == "metadata" else dict(artifacts(), codes=evil) if where == "codes" else evil
+    obj = (
+        artifacts(input_db=evil) if where == "metadata" else dict(artifacts(), codes=evil) if where == "codes" else evil
+    )
     with pytest.raises(UnsafeDacFile, match="refused"):
         read_dac(npy(obj), "evil.dac")
     assert not marker.exists()
@@ -225,5 +255,14 @@ def test_broken_files_say_what_is_wrong(data, message):
 
 def test_write_refuses_what_dac_could_not_decode():
     with pytest.raises(InvalidDacFile, match="channels"):
-        write_dac(DacFile(codes=np.zeros((2, 12, 5), np.uint16), chunk_length=5, original_length=1,
-                          input_db=-16.0, channels=1, sample_rate=16000, padding=True))
+        write_dac(
+            DacFile(
+                codes=np.zeros((2, 12, 5), np.uint16),
+                chunk_length=5,
+                original_length=1,
+                input_db=-16.0,
+                channels=1,
+                sample_rate=16000,
+                padding=True,
+            )
+        )

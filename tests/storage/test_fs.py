@@ -17,8 +17,17 @@ def test_write_read_overwrite(root):
 
 
 def test_list_files_recursive_sorted_and_skips_hidden(root):
-    for name in ["z.parquet", "a.parquet", "sub/m.parquet", "notes.txt", ".x.parquet.tmp-1",
-                 ".hidden.parquet", "_errors/e.parquet", "sub/_SUCCESS", "sub/.tmp/t.parquet"]:
+    for name in [
+        "z.parquet",
+        "a.parquet",
+        "sub/m.parquet",
+        "notes.txt",
+        ".x.parquet.tmp-1",
+        ".hidden.parquet",
+        "_errors/e.parquet",
+        "sub/_SUCCESS",
+        "sub/.tmp/t.parquet",
+    ]:
         fs.write_bytes_atomic(fs.join(root, name), name.encode())
     listed = fs.list_files(root, [".parquet"])
     assert listed == [fs.join(root, n) for n in ["a.parquet", "sub/m.parquet", "z.parquet"]]

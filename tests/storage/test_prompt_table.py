@@ -40,7 +40,12 @@ def test_vectors_in_the_order_asked():
 
 @pytest.mark.parametrize(
     "prompts, emb",
-    [(("a", "a"), np.zeros((2, 4))), (("a",), np.zeros((2, 4))), (("a",), np.full((1, 4), np.nan)), (("",), np.zeros((1, 4)))],
+    [
+        (("a", "a"), np.zeros((2, 4))),
+        (("a",), np.zeros((2, 4))),
+        (("a",), np.full((1, 4), np.nan)),
+        (("",), np.zeros((1, 4))),
+    ],
 )
 def test_invalid_tables_refused(prompts, emb):
     with pytest.raises(ValueError):

@@ -81,8 +81,9 @@ def test_check_batch_arrow_reports_each_row():
     rows = good[:2] + bad + good[2:]
     columns = {k: [r[k] for r in rows] for k in CODE_SHARD_SCHEMA.names}
     # int64 codes: a shard someone else wrote, which can hold negative and huge codes
-    columns["codes"] = pa.array([c.tolist() if isinstance(c, np.ndarray) else c for c in columns["codes"]],
-                                type=pa.list_(pa.list_(pa.int64())))
+    columns["codes"] = pa.array(
+        [c.tolist() if isinstance(c, np.ndarray) else c for c in columns["codes"]], type=pa.list_(pa.list_(pa.int64()))
+    )
     checked = check_batch(pa.table(columns), SPEC)
     assert len(checked) == len(rows)
     for r, c in zip(rows, checked):
@@ -139,7 +140,9 @@ def test_codes_to_arrow_round_trip():
     assert codes_to_arrow([]).type == CODES_TYPE
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 2, 2), np.uint16), np.full((1, 2), 70000), np.full((1, 1), -1), np.zeros((2, 2))])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((2, 2, 2), np.uint16), np.full((1, 2), 70000), np.full((1, 1), -1), np.zeros((2, 2))]
+)
 def test_codes_to_arrow_refuses_what_uint16_cannot_hold(bad):
     with pytest.raises(MalformedCodes, match="row 0"):
         codes_to_arrow([bad])
@@ -181,6 +184,7 @@ def test_separable_segments_cut_chunked_dac_codes_at_chunk_boundaries():
 
 
 def test_check_batch_refuses_non_integer_codes_column():
-    table = pa.table({"id": ["a"], "codes": pa.array([[[0.5]]]), "codec": ["dac_16khz"],
-                      "sample_rate": [16000], "n_samples": [1]})
+    table = pa.table(
+        {"id": ["a"], "codes": pa.array([[[0.5]]]), "codec": ["dac_16khz"], "sample_rate": [16000], "n_samples": [1]}
+    )
     assert [c.reason for c in check_batch(table, SPEC)] == ["malformed codes: value type double, expected integers"]

@@ -21,9 +21,17 @@ RNG = np.random.default_rng(0)
 
 
 def clips(n, n_frames=20, start=0):
-    rows = [{"id": f"clip{start + i:04d}", "codes": RNG.integers(0, 1024, (12, n_frames), dtype=np.uint16),
-             "codec": "dac_16khz", "sample_rate": 16000, "n_samples": n_frames * 320, "speaker": f"s{i % 3}"}
-            for i in range(n)]
+    rows = [
+        {
+            "id": f"clip{start + i:04d}",
+            "codes": RNG.integers(0, 1024, (12, n_frames), dtype=np.uint16),
+            "codec": "dac_16khz",
+            "sample_rate": 16000,
+            "n_samples": n_frames * 320,
+            "speaker": f"s{i % 3}",
+        }
+        for i in range(n)
+    ]
     return rows, table_from_rows(rows, CODE_SHARD_SCHEMA)
 
 
@@ -84,7 +92,13 @@ def test_readers_ignore_crash_leftovers_side_tables_and_other_files(root):
     fs.write_bytes_atomic(fs.join(root, ".part-dead-00000.parquet.tmp-1a2b3c"), half_written)  # killed writer
     fs.write_bytes_atomic(fs.join(root, "_temporary/part-x.parquet"), half_written)
     fs.write_bytes_atomic(fs.join(root, "README.txt"), b"not data")
-    error = {"id": "bad", "source": "in.parquet", "stage": "separate", "prompt": None, "reason": "empty clip (0 frames)"}
+    error = {
+        "id": "bad",
+        "source": "in.parquet",
+        "stage": "separate",
+        "prompt": None,
+        "reason": "empty clip (0 frames)",
+    }
     write_table_atomic(fs.join(root, "_errors/part-e0.parquet"), pa.Table.from_pylist([error], ERRORS_SCHEMA))
     assert list_shards(root) == writer.written
     assert read_table(root).num_rows == 4
@@ -111,10 +125,14 @@ def test_failed_task_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_read_table_unifies_shards_filters_and_selects(root):
-    sep = pa.table({"id": ["a", "a", "b"], "prompt": ["speech", "music", "speech"],
-                    "energy_kept": pa.array([0.9, 0.1, 0.5], pa.float32())})
-    extra = pa.table({"id": ["c"], "prompt": ["speech"], "energy_kept": pa.array([0.7], pa.float32()),
-                      "note": ["x"]})
+    sep = pa.table(
+        {
+            "id": ["a", "a", "b"],
+            "prompt": ["speech", "music", "speech"],
+            "energy_kept": pa.array([0.9, 0.1, 0.5], pa.float32()),
+        }
+    )
+    extra = pa.table({"id": ["c"], "prompt": ["speech"], "energy_kept": pa.array([0.7], pa.float32()), "note": ["x"]})
     with ShardWriter(root, "p0") as w:
         w.write(sep)
     with ShardWriter(root, "p1") as w:
@@ -132,10 +150,14 @@ def test_read_table_empty_and_missing(root):
 
 def test_errors_table(root):
     assert read_errors(root).schema == ERRORS_SCHEMA
-    rows = [{"id": "x", "source": "s3://in/part-0.parquet", "stage": "separate", "reason": "empty clip (0 frames)"},
-            {"id": None, "source": "s3://in/broken.dac", "stage": "ingest", "reason": "not a .dac file"}]
-    write_table_atomic(fs.join(root, "_errors", shard_name("task-7", 0)), pa.Table.from_pylist(
-        [dict(r, prompt=None) for r in rows], ERRORS_SCHEMA))
+    rows = [
+        {"id": "x", "source": "s3://in/part-0.parquet", "stage": "separate", "reason": "empty clip (0 frames)"},
+        {"id": None, "source": "s3://in/broken.dac", "stage": "ingest", "reason": "not a .dac file"},
+    ]
+    write_table_atomic(
+        fs.join(root, "_errors", shard_name("task-7", 0)),
+        pa.Table.from_pylist([dict(r, prompt=None) for r in rows], ERRORS_SCHEMA),
+    )
     errors = read_errors(root)
     assert errors.schema.names == ERRORS_SCHEMA.names
     assert errors.to_pylist() == [dict(r, prompt=None) for r in rows]
