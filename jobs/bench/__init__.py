@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from jobs import config as job_config
-from jobs.bench import compute, pipeline, quality, report, speed
+from jobs.bench import compute, pipeline, quality, report, scale, speed
 from jobs.bench.config import QUICK, BenchConfig
 from jobs.bench.models import build_models
 from jobs.runtime import setup_logging
@@ -70,6 +70,7 @@ def run(cfg: BenchConfig) -> dict:
     res["lengths"] = speed.measure_lengths(cfg, m)
     res["job"] = pipeline.measure_job(cfg, m)
     res["ingest"] = pipeline.measure_ingest(cfg, m)
+    res["scale"] = {"planning": scale.measure_planning(cfg), "checkpoint_ids": scale.measure_checkpoint_ids(cfg)}
     res["summary"] = report.summarize(res)
     res.update(
         {

@@ -15,6 +15,8 @@ QUICK = [
     "job_repeats=1",
     "length_seconds=[1,10,60]",
     "ingest_seconds=40",
+    "scale_shards=1000",
+    "scale_ids=100000",
     "matmul_size=1536",
     "quality.steps=60",
     "waveform_max_batch=1",
@@ -63,6 +65,9 @@ class BenchConfig:
     job_repeats: int = 2
     length_seconds: list[float] = field(default_factory=lambda: [1.0, 10.0, 60.0, 600.0])
     ingest_seconds: float = 120.0
+    scale_shards: int = 10000  # one-row shards on loopback S3 for the planning figure
+    scale_ids: int = 1000000  # ids in the checkpoint filter's array for the resume-state figure
+    scale_filter_memory_gb: float = 2.0  # memory one checkpoint filter actor may hold
     matmul_size: int = 2048
     threads: int = 0
     seed: int = 0

@@ -215,6 +215,30 @@ def to_markdown(res: dict) -> str:
         ["wall s", "audio s per wall s", "encode only"],
         [[ing["wall_s"], ing["x_realtime"], ing["encode_only_x_realtime"]]],
     )
+    plan, ids = res["scale"]["planning"], res["scale"]["checkpoint_ids"]
+    lines += ["", "**Archives with many shards** (planning on loopback S3; Ray Data's checkpoint filter array)", ""]
+    lines += _table(
+        [
+            "shards planned",
+            "plan s",
+            "driver peak growth MB",
+            "ids",
+            "filter array MB",
+            "bytes/id",
+            "ids per filter actor",
+        ],
+        [
+            [
+                plan["shards"],
+                plan["plan_s"],
+                plan["driver_peak_growth_mb"],
+                ids["ids"],
+                ids["filter_array_mb"],
+                ids["bytes_per_id"],
+                ids["ids_per_filter_actor"],
+            ]
+        ],
+    )
     lines += ["", "**Time vs clip length** (one clip, in-process, %s)" % cfg["separator"]["precision"], ""]
     lines += _table(
         ["audio s", "wall s", "x-realtime"],

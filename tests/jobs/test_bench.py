@@ -27,6 +27,8 @@ TINY = [
     "job_batch_size=2",
     "length_seconds=[1,2]",
     "ingest_seconds=2",
+    "scale_shards=200",
+    "scale_ids=20000",
     "matmul_size=256",
     "docs=null",
     "quality.steps=20",
@@ -70,6 +72,15 @@ def test_bench_reports_every_target_from_this_run(bench):
     assert len(res["summary"]["targets"]) == 4
     assert markdown.count("PASS") + markdown.count("FAIL") == 4
     assert "Precision at equal quality" in markdown and "short-clip / long-clip" in markdown
+
+
+def test_planning_lists_every_shard_and_the_resume_state_is_measured(bench):
+    res, markdown = bench
+    plan, ids = res["scale"]["planning"], res["scale"]["checkpoint_ids"]
+    assert plan["shards"] == 200 and plan["plan_s"] > 0
+    assert ids["ids"] == 20000 and ids["bytes_per_id"] > len("archive/clip-000000000")  # a Python string each
+    assert ids["ids_per_filter_actor"] == int(2 * 2**30 / ids["bytes_per_id"])
+    assert "Archives with many shards" in markdown
 
 
 def test_headline_speed_is_a_measured_configuration_at_equal_quality(bench):
