@@ -116,7 +116,9 @@ class Separator:
         n_prompts = embeddings.shape[0]
         d = self.tables.info.latent_dim
         streams = [_ClipStream(c.to(self.device), n_prompts, cfg.overlap_frames, d) for c in codes]
-        windows = (w for i, c in enumerate(codes) for w in plan_windows(c.shape[1], cfg.window_frames, cfg.overlap_frames, i))
+        windows = (
+            w for i, c in enumerate(codes) for w in plan_windows(c.shape[1], cfg.window_frames, cfg.overlap_frames, i)
+        )
         for batch in pack_windows(windows, cfg.window_frames, cfg.batch_windows):
             self._run_batch(batch, streams, embeddings)
         return [s.result() for s in streams]
