@@ -200,7 +200,6 @@ class Separator:
         cfg = self.config
         n_prompts = embeddings.shape[0]
         d = self.tables.info.latent_dim
-<<<<<<< HEAD
         quantize = self.tables.quantize if residual else None
         streams = [
             _ClipStream(c.to(self.device), n_prompts, cfg.overlap_frames, d, quantize, n_exclude, latents)
@@ -208,9 +207,6 @@ class Separator:
         ]
         if exclude is not None and n_exclude:  # the masker runs on targets and excluded prompts alike
             embeddings = torch.cat([embeddings, exclude])
-=======
-        streams = [_ClipStream(c.to(self.device), n_prompts, cfg.overlap_frames, d) for c in codes]
->>>>>>> speed
         windows = (
             w for i, c in enumerate(codes) for w in plan_windows(c.shape[1], cfg.window_frames, cfg.overlap_frames, i)
         )

@@ -212,13 +212,7 @@ def test_packed_short_clips_equal_each_clip_alone(tables, prompts):
     masker = Masker(MaskerConfig.preset("tiny")).eval()
     rows = []
     masker.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
-<<<<<<< HEAD
-    sep = Separator(
-        masker=masker, tables=tables, config=SeparatorConfig(window_frames=100, overlap_frames=20, batch_windows=4)
-    )
-=======
     sep = Separator(tables, masker, SeparatorConfig(window_frames=100, overlap_frames=20, batch_windows=4))
->>>>>>> speed
     gen = torch.Generator().manual_seed(3)
     clips = [rand_codes(int(n), i) for i, n in enumerate(torch.randint(1, 60, (40,), generator=gen))]
     packed = sep.separate(clips, prompts)
