@@ -82,6 +82,27 @@ def setup_job(root, tables, masker, embeddings, shards, **overrides):
     )
 
 
+def command(cfg: SeparateConfig, *extra: str) -> list[str]:
+    """The job's command line for `cfg`, as a user runs it."""
+    return [
+        sys.executable,
+        "-m",
+        "jobs.separate",
+        "--input",
+        cfg.input,
+        "--output",
+        cfg.output,
+        "--masker",
+        cfg.masker,
+        "--codec-tables",
+        cfg.codec_tables,
+        "--prompt-table",
+        cfg.prompt_table,
+        *extra,
+        *[a for p in cfg.prompts for a in ("--prompt", p)],
+    ]
+
+
 def assert_exactly_once(output, expected_ids, prompts=PROMPTS, stems=("target",)):
     out = read_table(output, columns=["id", "prompt", "stem"])
     keys = list(zip(out["id"].to_pylist(), out["prompt"].to_pylist(), out["stem"].to_pylist()))
@@ -169,24 +190,7 @@ def test_mostly_bad_input_exits_3_after_writing_every_error_row(ray_session, tmp
     bad = shard([f"bad{i}" for i in range(4)], [rand_codes(30, i, n_q=9) for i in range(4)])
     good = shard(["good"], [rand_codes(30, 9)])
     cfg = setup_job(str(tmp_path), tables, models["tiny"], embeddings, {"p.parquet": pa.concat_tables([bad, good])})
-    cmd = [
-        sys.executable,
-        "-m",
-        "jobs.separate",
-        "--input",
-        cfg.input,
-        "--output",
-        cfg.output,
-        "--masker",
-        cfg.masker,
-        "--codec-tables",
-        cfg.codec_tables,
-        "--prompt-table",
-        cfg.prompt_table,
-        "--max-error-fraction",
-        "0.5",
-        *[a for p in PROMPTS for a in ("--prompt", p)],
-    ]
+    cmd = command(cfg, "--max-error-fraction", "0.5")
     done = subprocess.run(
         cmd, env=dict(os.environ, RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600
     )
@@ -227,25 +231,9 @@ def test_driver_killed_mid_job_then_rerun_completes_without_duplicates(
     ids = list(clips)
     shards = {f"p{k}.parquet": shard(ids[k::4], [clips[i] for i in ids[k::4]]) for k in range(4)}
     cfg = setup_job(str(tmp_path), tables, models["paper"], embeddings, shards)
-    cmd = [
-        sys.executable,
-        "-m",
-        "jobs.separate",
-        "--input",
-        cfg.input,
-        "--output",
-        cfg.output,
-        "--masker",
-        cfg.masker,
-        "--codec-tables",
-        cfg.codec_tables,
-        "--prompt-table",
-        cfg.prompt_table,
-        "--batch-size",
-        "2",
-        "--residual",
-        "run.min_rows_per_file=1",
-    ] + [a for p in PROMPTS for a in ("--prompt", p)]
+    cmd = command(cfg, "--batch-size", "2", "--residual", "run.min_rows_per_file=1") + [
+        a for p in PROMPTS for a in ("--prompt", p)
+    ]
     proc = subprocess.Popen(
         cmd, env=lost_machine.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
