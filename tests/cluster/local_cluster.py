@@ -51,6 +51,7 @@ def node_env(tmpdir: str, pythonpath: str) -> dict[str, str]:
         RAY_AUTH_MODE="disabled",
         RAY_TMPDIR=tmpdir,
         RAY_USAGE_STATS_ENABLED="0",
+        RAY_raylet_start_wait_time_s="120",  # a loaded 2-core machine registers nodes slowly (default 30 s)
         PYTHONPATH=pythonpath,
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )  # `python` = this env's
