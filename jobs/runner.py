@@ -323,13 +323,13 @@ def actor_env() -> dict:
 def _watch(writer: threading.Thread, tally, name: str, options: RunOptions, ray) -> None:
     """Wait for the write, logging progress; stop the job when nothing completes for
     `stall_timeout_s` (the wait for the tally itself is bounded too)."""
-    last, last_change = None, time.monotonic()
+    last, last_change, totals = None, time.monotonic(), {}
     while writer.is_alive():
         writer.join(timeout=options.progress_every_s)
         try:
             totals = ray.get(tally.get.remote(), timeout=options.progress_every_s)
-        except Exception:  # noqa: BLE001 - a slow tally is not progress; the stall bound still holds
-            totals = last or {}
+        except Exception:  # noqa: BLE001 - a slow tally is not progress (the last counts stand); the bound holds
+            pass
         seen = (totals.get("rows", 0), totals.get("rows_read", 0))
         if seen != last:
             last, last_change = seen, time.monotonic()
