@@ -158,8 +158,11 @@ def test_table_from_columns_types_known_columns_and_passes_extras_through():
         "sample_rate": np.array([16000, 16000], dtype=np.int64),
         "n_samples": np.array([1280, 1920]),
         "prompt": ["speech", "speech"],
+        "stem": ["target", "residual"],
         "energy_kept": np.array([0.5, 0.25]),
         "mask_mean": np.array([0.1, 0.2], dtype=np.float32),
+        "active_fraction": np.array([0.5, 0.0]),
+        "active_spans": [[[0.0, 0.04]], []],
         "embedding": np.ones((2, 3), np.float32),
     }
     table = table_from_columns(batch, SEPARATED_SHARD_SCHEMA)
