@@ -81,11 +81,9 @@ def _tally_actor():
         def get(self):
             return self.totals
 
-    # On the driver's node: worker nodes come and go (preemption), and the counts must not.
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return Tally.options(scheduling_strategy=here).remote()
+    # On the head node: worker nodes come and go (preemption), the head does not, and the
+    # counts must survive (a driver on a worker node's machine would attach to that node).
+    return Tally.options(resources={"node:__internal_head__": 0.001}).remote()
 
 
 class StageActor:
