@@ -69,6 +69,13 @@ def outside_compute_s(report, actors: int) -> float:
     return report.wall_s - report.stages_s.get("actors_separate", 0.0) / actors
 
 
+def bytes_per_row(output: Path, rows: int) -> float:
+    """Bytes on disk per output row: every Parquet file of a job's output, errors and
+    manifests (`_` folders) left out."""
+    files = [f for f in output.rglob("*.parquet") if not any(p.startswith("_") for p in f.relative_to(output).parts)]
+    return sum(f.stat().st_size for f in files) / rows
+
+
 def measure_job(cfg: BenchConfig, m: Models) -> dict:
     """`jobs.separate.run` (embedded Ray, local folder) per actor count, against the bare
     `Separator.separate` loop on the same clips in this process.
@@ -78,7 +85,8 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
     apart), which a cluster pays once per driver, not per clip. Every timed run still
     starts its own actors and loads its models. Bare loop and job runs alternate
     `job_repeats` times; the fastest of each is kept. Both figures are divided into the
-    audio the job reports having separated."""
+    audio the job reports having separated. A last run with `emit=scores` (a curation
+    pass: scores and spans, no codes) gives its output size per row beside the full run's."""
     from jobs.separate import SeparateConfig, run
 
     with tempfile.TemporaryDirectory(prefix="codecsep-bench-") as tmp:
@@ -95,7 +103,7 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
                 sep.separate(batch, prompts)
             return time.perf_counter() - t0
 
-        def job(src: str, dst: str, actors: int) -> SeparateConfig:
+        def job(src: str, dst: str, actors: int, emit: str = "codes") -> SeparateConfig:
             return SeparateConfig(
                 input=str(root / src),
                 output=str(root / dst),
@@ -103,6 +111,7 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
                 masker=str(root / "masker.safetensors"),
                 codec_tables=str(root / "tables.safetensors"),
                 prompt_table=str(root / "prompts.parquet"),
+                emit=emit,
                 separator=cfg.separator,
                 ray=RayOptions(
                     num_actors=actors, num_cpus_per_actor=cfg.job_cpus / actors, batch_size=cfg.job_batch_size
@@ -134,6 +143,13 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
                     }
                 )
                 log.info("job: %s", runs[-1])
+        actors = cfg.job_actors[0]
+        scores = run(job("shards", "out-scores", actors, emit="scores"))
+        output_size = {
+            "codes_bytes_per_row": bytes_per_row(root / f"out-{actors}-0", runs[0]["rows_out"]),
+            "scores_bytes_per_row": bytes_per_row(root / "out-scores", scores.rows_out),
+            "scores_rows_out": scores.rows_out,
+        }
     fastest = [min((r for r in runs if r["actors"] == a), key=lambda r: r["wall_s"]) for a in cfg.job_actors]
     best = max(fastest, key=lambda r: r["x_realtime"])
     audio_s = best["audio_seconds"]
@@ -147,6 +163,7 @@ def measure_job(cfg: BenchConfig, m: Models) -> dict:
         "cold_start_s": outside_compute_s(cold, 1),
         "runs": fastest,
         "job_vs_bare_loop": best["x_realtime"] / (audio_s / min(bare)),
+        "output_size": output_size,
     }
 
 

@@ -204,6 +204,17 @@ def to_markdown(res: dict) -> str:
             for r in job["runs"]
         ],
     )
+    size = job["output_size"]
+    lines += [
+        "",
+        "**Output size per row**: %.0f bytes with codes, %.0f bytes with `--emit scores` (scores and activity "
+        "spans only, a curation pass), %.1fx smaller"
+        % (
+            size["codes_bytes_per_row"],
+            size["scores_bytes_per_row"],
+            size["codes_bytes_per_row"] / size["scores_bytes_per_row"],
+        ),
+    ]
     ing = res["ingest"]
     lines += [
         "",
