@@ -34,6 +34,14 @@ from jobs.runtime import setup_logging
 
 __all__ = ["BenchConfig", "main", "run", "run_gpu"]
 
+HEADLINE = (  # the figures the targets judge, at the top of bench.json and printed
+    "separator_x_realtime",
+    "short_vs_long",
+    "job_vs_bare_loop",
+    "separator_gmacs_per_audio_second",
+    "fraction_of_machine_peak",
+)
+
 
 def _machine(device: torch.device) -> str:
     gpu = f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""
@@ -72,18 +80,7 @@ def run(cfg: BenchConfig) -> dict:
     res["ingest"] = pipeline.measure_ingest(cfg, m)
     res["scale"] = {"planning": scale.measure_planning(cfg), "checkpoint_ids": scale.measure_checkpoint_ids(cfg)}
     res["summary"] = report.summarize(res)
-    res.update(
-        {
-            k: res["summary"][k]
-            for k in (
-                "separator_x_realtime",
-                "short_vs_long",
-                "job_vs_bare_loop",
-                "separator_gmacs_per_audio_second",
-                "fraction_of_machine_peak",
-            )
-        }
-    )
+    res.update({k: res["summary"][k] for k in HEADLINE})
     res["bench_wall_s"] = time.perf_counter() - t0
     return res
 
@@ -155,18 +152,5 @@ def main(argv: list[str] | None = None) -> int:
     res = run(cfg)
     docs = None if cfg.docs is None else job_config.CONFIG_DIR.parent / cfg.docs
     print(report.write_results(res, output, docs))
-    print(
-        json.dumps(
-            {
-                k: res[k]
-                for k in (
-                    "separator_x_realtime",
-                    "short_vs_long",
-                    "job_vs_bare_loop",
-                    "separator_gmacs_per_audio_second",
-                    "fraction_of_machine_peak",
-                )
-            }
-        )
-    )
+    print(json.dumps({k: res[k] for k in HEADLINE}))
     return 0
