@@ -22,6 +22,9 @@ import yaml
 CONFIG_DIR = Path(str(importlib.resources.files("configs")))
 
 
+SRC_DST = (("SRC", "input"), ("DST", "output"))  # the positional paths of a job that reads SRC, writes DST
+
+
 def default_config_path(job: str) -> Path:
     return CONFIG_DIR / f"{job.replace('-', '_')}.yaml"
 
@@ -82,23 +85,53 @@ def flat_items(data: dict, prefix: str = "") -> list[tuple[str, object]]:
     return out
 
 
-def job_parser(job: str, cls, description: str) -> argparse.ArgumentParser:
-    """A job's parser: `--config` (its packaged YAML by default), `-v`, and a help text that
-    ends with every config key and its default, each settable as key=value."""
-    path = default_config_path(job)
-    defaults = flat_items(to_dict(load_config(cls, path)))
-    epilog = f"config keys (defaults from {path}; override any as key=value):\n" + "\n".join(
-        f"  {k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in defaults
-    )
-    parser = argparse.ArgumentParser(
-        prog=f"codecsep {job}",
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", default=str(path), help="YAML config file (default: %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and library warnings")
-    return parser
+class JobParser(argparse.ArgumentParser):
+    """A job's parser: `--config` (its packaged YAML by default), `-v`, positional paths and
+    `key=value` overrides, and a help text that ends with every config key and its default.
+
+    A flag whose `dest` is a config key (dotted for groups: `dest="ray.num_actors"`) sets
+    that key when given, so `parse_config` needs no per-job mapping. `paths` names the
+    positionals and the keys they fill, e.g. (("SRC", "input"), ("DST", "output")); positionals
+    fill, in order, the keys no flag gave."""
+
+    def __init__(self, job: str, cls, description: str, paths: tuple[tuple[str, str], ...] = (), paths_help: str = ""):
+        path = default_config_path(job)
+        defaults = flat_items(to_dict(load_config(cls, path)))
+        epilog = f"config keys (defaults from {path}; override any as key=value):\n" + "\n".join(
+            f"  {k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in defaults
+        )
+        super().__init__(
+            prog=f"codecsep {job}",
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        self.cls, self.paths, self.keys = cls, paths, {k for k, _ in defaults}
+        self.add_argument("--config", default=str(path), help="YAML config file (default: %(default)s)")
+        self.add_argument("-v", "--verbose", action="store_true", help="debug logging and library warnings")
+        names = " ".join(name for name, _ in paths)
+        self.add_argument(
+            "args",
+            nargs="*",
+            metavar=f"{names} [key=value ...]" if paths else "key=value",
+            help=f"{paths_help}, then config overrides" if paths_help else "config overrides, e.g. ray.batch_size=8",
+        )
+
+    def parse_config(self, argv: list[str] | None):
+        """argv -> the job's config: YAML <- flags and paths <- overrides."""
+        from jobs.runtime import setup_logging
+
+        args = self.parse_intermixed_args(argv)
+        setup_logging(args.verbose)
+        overrides = [v for v in args.args if _OVERRIDE.match(v)]
+        given = [v for v in args.args if not _OVERRIDE.match(v)]
+        values = {k: v for k, v in vars(args).items() if k in self.keys}
+        free = [(name, key) for name, key in self.paths if values.get(key) is None]
+        if len(given) > len(free):
+            self.error(f"expected {' '.join(n for n, _ in free) or 'only key=value overrides'}, got {given}")
+        values.update((key, value) for (_, key), value in zip(free, given))
+        return load_config(self.cls, args.config, overrides, **values)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -134,19 +167,3 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
-
-
-def parse_paths(parser, argv: list[str] | None, names: tuple[str, str] = ("SRC", "DST")):
-    """`SRC DST key=value ...` in any order -> (args, [src, dst] padded with None, overrides)."""
-    args = parser.parse_intermixed_args(argv)
-    paths, overrides = split_positionals(args.args)
-    if len(paths) > len(names):
-        parser.error(f"expected {' '.join(names)}, got {paths}")
-    return args, (paths + [None] * len(names))[: len(names)], overrides
-
-
-def split_positionals(values: list[str]) -> tuple[list[str], list[str]]:
-    """`SRC DST key=value ...` -> (paths, overrides); a path that looks like key=value
-    can be given with --input/--output instead."""
-    paths = [v for v in values if not _OVERRIDE.match(v)]
-    return paths, [v for v in values if _OVERRIDE.match(v)]

@@ -35,7 +35,7 @@ import numpy as np
 from codecsep_core import SeparatorConfig
 from jobs import config as job_config
 from jobs import resolve
-from jobs.runtime import JobReport, run_cli, setup_logging
+from jobs.runtime import JobReport, run_cli
 from storage import fs as sfs
 from storage import shards
 
@@ -205,25 +205,18 @@ def run(cfg: EvaluateConfig) -> tuple[JobReport, str]:
 
 
 def parse_args(argv: list[str] | None) -> EvaluateConfig:
-    p = job_config.job_parser("evaluate", EvaluateConfig, __doc__.splitlines()[0])
-    p.add_argument("args", nargs="*", metavar="DATA OUTPUT [key=value ...]")
+    p = job_config.JobParser(
+        "evaluate",
+        EvaluateConfig,
+        __doc__.splitlines()[0],
+        (("DATA", "input"), ("OUTPUT", "output")),
+        "prepare-train output URI, report folder URI",
+    )
     p.add_argument("--masker", help="masker checkpoint URI")
     p.add_argument("--codec-tables", help="codec tables URI")
     p.add_argument("--codec-weights", help="DAC checkpoint URI (waveform metrics)")
     p.add_argument("--prompt-table", help="prompt table URI (train writes <run>/prompts.parquet)")
-    a, (data, output), overrides = job_config.parse_paths(p, argv, names=("DATA", "OUTPUT"))
-    setup_logging(a.verbose)
-    return job_config.load_config(
-        EvaluateConfig,
-        a.config,
-        overrides,
-        input=data,
-        output=output,
-        masker=a.masker,
-        codec_tables=a.codec_tables,
-        codec_weights=a.codec_weights,
-        prompt_table=a.prompt_table,
-    )
+    return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from jobs import config as job_config
 from jobs import resolve
 from jobs.decode import audio_bytes, dac_bytes, decode_rows, with_dac_defaults
 from jobs.runner import Items, checkpoint_uri, run_stage
-from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, ray_values, run_cli, setup_logging
+from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
 from jobs.sources import DIR, ERROR, ERROR_ID, SOURCE
 from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
 from storage import fs as sfs
@@ -315,12 +315,8 @@ def forget_runs(checkpoint: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> ExportConfig:
-    p = job_config.job_parser("export", ExportConfig, __doc__.splitlines()[0])
-    p.add_argument(
-        "args",
-        nargs="*",
-        metavar="SRC DST [key=value ...]",
-        help="input shard folder URI, output folder URI, then config overrides",
+    p = job_config.JobParser(
+        "export", ExportConfig, __doc__.splitlines()[0], job_config.SRC_DST, "input shard folder URI, output folder URI"
     )
     p.add_argument("--input", help="URI of the code shards (instead of SRC)")
     p.add_argument("--output", help="URI of the output folder (instead of DST)")
@@ -331,20 +327,7 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
     p.add_argument("--window-seconds", type=float, help="decoder window length")
     p.add_argument("--overwrite", action="store_true", default=None, help="forget earlier runs and rewrite every file")
     add_ray_arguments(p, batch_help="output files per actor call")
-    a, (src, dst), overrides = job_config.parse_paths(p, argv)
-    setup_logging(a.verbose)
-    return job_config.load_config(
-        ExportConfig,
-        a.config,
-        overrides,
-        input=a.input or src,
-        output=a.output or dst,
-        format=a.format,
-        codec_weights=a.codec_weights,
-        window_seconds=a.window_seconds,
-        overwrite=a.overwrite,
-        **ray_values(a),
-    )
+    return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

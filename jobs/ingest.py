@@ -22,7 +22,7 @@ from jobs import config as job_config
 from jobs import resolve
 from jobs.inputs import AUDIO_SUFFIXES, read_audio
 from jobs.runner import Items, run_stage
-from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, ray_values, run_cli, setup_logging
+from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
 from jobs.sources import ERROR, ERROR_ID, SOURCE
 from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
 from storage import fs as sfs
@@ -173,12 +173,8 @@ def run(cfg: IngestConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> IngestConfig:
-    p = job_config.job_parser("ingest", IngestConfig, __doc__.splitlines()[0])
-    p.add_argument(
-        "args",
-        nargs="*",
-        metavar="SRC DST [key=value ...]",
-        help="input folder/file URI, output folder URI, then config overrides",
+    p = job_config.JobParser(
+        "ingest", IngestConfig, __doc__.splitlines()[0], job_config.SRC_DST, "input folder/file URI, output folder URI"
     )
     p.add_argument("--input", help="URI of the audio / .dac files (instead of SRC)")
     p.add_argument("--output", help="URI of the code shards (instead of DST)")
@@ -186,19 +182,7 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
     p.add_argument("--codec-weights", help="DAC checkpoint URI (default: DAC's official download)")
     p.add_argument("--window-seconds", type=float, help="encoder window length")
     add_ray_arguments(p, batch_help="files per actor call")
-    a, (src, dst), overrides = job_config.parse_paths(p, argv)
-    setup_logging(a.verbose)
-    return job_config.load_config(
-        IngestConfig,
-        a.config,
-        overrides,
-        input=a.input or src,
-        output=a.output or dst,
-        codec=a.codec,
-        codec_weights=a.codec_weights,
-        window_seconds=a.window_seconds,
-        **ray_values(a),
-    )
+    return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

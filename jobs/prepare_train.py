@@ -41,7 +41,7 @@ from jobs import config as job_config
 from jobs import resolve
 from jobs.inputs import AUDIO_SUFFIXES, read_audio
 from jobs.runner import Items, run_stage
-from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, ray_values, run_cli, setup_logging
+from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
 from jobs.sources import DIR
 from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
 from storage import fs as sfs
@@ -365,28 +365,17 @@ def run(cfg: PrepareTrainConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> PrepareTrainConfig:
-    p = job_config.job_parser("prepare-train", PrepareTrainConfig, __doc__.splitlines()[0])
-    p.add_argument(
-        "args",
-        nargs="*",
-        metavar="SRC DST [key=value ...]",
-        help="stems folder URI, output folder URI, then config overrides",
+    p = job_config.JobParser(
+        "prepare-train",
+        PrepareTrainConfig,
+        __doc__.splitlines()[0],
+        job_config.SRC_DST,
+        "stems folder URI, output folder URI",
     )
     p.add_argument("--layout", choices=LAYOUTS)
     p.add_argument("--codec-weights", help="DAC checkpoint URI (default: DAC's official download)")
     add_ray_arguments(p, batch_help="mixtures per actor call")
-    a, (src, dst), overrides = job_config.parse_paths(p, argv)
-    setup_logging(a.verbose)
-    return job_config.load_config(
-        PrepareTrainConfig,
-        a.config,
-        overrides,
-        input=src,
-        output=dst,
-        layout=a.layout,
-        codec_weights=a.codec_weights,
-        **ray_values(a),
-    )
+    return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

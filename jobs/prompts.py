@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from jobs import config as job_config
-from jobs.runtime import JobReport, run_cli, setup_logging
+from jobs.runtime import JobReport, run_cli
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.prompts")
@@ -133,7 +133,7 @@ def run(cfg: PromptsConfig) -> JobReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = job_config.job_parser("prompts", PromptsConfig, __doc__.splitlines()[0])
+    p = job_config.JobParser("prompts", PromptsConfig, __doc__.splitlines()[0])
     p.add_argument("--output", help="URI of the prompt table to write")
     p.add_argument("--prompt", dest="prompts", action="append", default=[], help="repeatable")
     p.add_argument("--prompts-file", help="text file, one prompt per line")
@@ -146,25 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--codec-weights", help="DAC checkpoint URI, to decode .dac / code-shard examples")
     p.add_argument("--clap-checkpoint", help="CLAP checkpoint path")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    a = p.parse_args(argv)
-    setup_logging(a.verbose)
-
-    def body():
-        cfg = job_config.load_config(
-            PromptsConfig,
-            a.config,
-            a.overrides,
-            output=a.output,
-            prompts=a.prompts,
-            prompts_file=a.prompts_file,
-            clap_checkpoint=a.clap_checkpoint,
-            audio=a.audio,
-            codec_weights=a.codec_weights,
-        )
-        run(cfg).emit()
-
-    return run_cli("prompts", body, argv)
+    return run_cli("prompts", lambda: run(p.parse_config(argv)).emit(), argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from jobs import config as job_config
 from jobs.export import prompt_slugs
-from jobs.runtime import JobReport, run_cli, setup_logging
+from jobs.runtime import JobReport, run_cli
 from storage import fs as sfs
 from storage import shards
 
@@ -240,17 +240,12 @@ def run(cfg: ReportConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> ReportConfig:
-    p = job_config.job_parser("report", ReportConfig, __doc__.splitlines()[0])
+    p = job_config.JobParser("report", ReportConfig, __doc__.splitlines()[0])
     p.add_argument("--input", help="URI of the separated shards")
     p.add_argument("--output", help="HTML file to write")
     p.add_argument("--audio", action="append", default=[], help="folder of exported audio (repeatable)")
     p.add_argument("--top", type=int, help="clips listed at each end of the ranking")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    a = p.parse_args(argv)
-    setup_logging(a.verbose)
-    return job_config.load_config(
-        ReportConfig, a.config, a.overrides, input=a.input, output=a.output, audio=a.audio, top=a.top
-    )
+    return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,31 +76,42 @@ class RunOptions:
         return sys.stderr.isatty() if self.progress_bars is None else self.progress_bars
 
 
+def actors_value(text: str) -> int | str:
+    """`--actors N` or `MIN:MAX`."""
+    return text if ":" in text else int(text)
+
+
 def add_ray_arguments(parser, batch_help: str = "rows per actor call") -> None:
-    """The Ray and runner flags every actor-pool job takes; `ray_values` maps them onto config keys."""
+    """The Ray and runner flags every actor-pool job takes, each onto its config key."""
     group = parser.add_argument_group("Ray")
-    group.add_argument("--address", help="Ray address (default: embedded local Ray)")
-    group.add_argument("--actors", help="actor pool size: N, or MIN:MAX to scale (and survive node loss)")
-    group.add_argument("--cpus-per-actor", type=float, help="logical CPUs per actor (also its torch threads)")
-    group.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (0: CPU)")
-    group.add_argument("--batch-size", type=int, help=batch_help)
-    group.add_argument("--retry-errors", action="store_true", default=None, help="re-attempt inputs that failed before")
-    group.add_argument("--max-error-fraction", type=float, help="exit 3 when more inputs than this fraction fail")
-    group.add_argument("--stall-timeout", type=float, help="exit 4 when no row completes for this many seconds")
-
-
-def ray_values(args) -> dict:
-    actors = args.actors if args.actors is None or ":" in args.actors else int(args.actors)
-    return {
-        "ray.address": args.address,
-        "ray.num_actors": actors,
-        "ray.num_cpus_per_actor": args.cpus_per_actor,
-        "ray.num_gpus_per_actor": args.gpus_per_actor,
-        "ray.batch_size": args.batch_size,
-        "run.retry_errors": args.retry_errors,
-        "run.max_error_fraction": args.max_error_fraction,
-        "run.stall_timeout_s": args.stall_timeout,
-    }
+    group.add_argument("--address", dest="ray.address", help="Ray address (default: embedded local Ray)")
+    group.add_argument(
+        "--actors",
+        dest="ray.num_actors",
+        type=actors_value,
+        help="actor pool size: N, or MIN:MAX to scale (and survive node loss)",
+    )
+    group.add_argument(
+        "--cpus-per-actor", dest="ray.num_cpus_per_actor", type=float, help="logical CPUs per actor (its torch threads)"
+    )
+    group.add_argument("--gpus-per-actor", dest="ray.num_gpus_per_actor", type=float, help="GPUs per actor (0: CPU)")
+    group.add_argument("--batch-size", dest="ray.batch_size", type=int, help=batch_help)
+    group.add_argument(
+        "--retry-errors",
+        dest="run.retry_errors",
+        action="store_true",
+        default=None,
+        help="re-attempt inputs that failed before",
+    )
+    group.add_argument(
+        "--max-error-fraction",
+        dest="run.max_error_fraction",
+        type=float,
+        help="exit 3 when more inputs than this fraction fail",
+    )
+    group.add_argument(
+        "--stall-timeout", dest="run.stall_timeout_s", type=float, help="exit 4 when no row completes for this long (s)"
+    )
 
 
 def run_cli(job: str, body: Callable[[], None], argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import config as job_config
-from jobs.runtime import JobReport, run_cli, setup_logging
+from jobs.runtime import JobReport, run_cli
 from storage import segments, shards
 from storage.schema import CODE_SHARD_SCHEMA, DAC_SHARD_SCHEMA, MalformedCodes, codes_to_numpy, table_from_rows
 
@@ -159,7 +159,7 @@ def run(cfg: SelectConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> SelectConfig:
-    p = job_config.job_parser("select", SelectConfig, __doc__.splitlines()[0])
+    p = job_config.JobParser("select", SelectConfig, __doc__.splitlines()[0])
     p.add_argument("--input", help="URI of the separated shards")
     p.add_argument("--output", help="URI of the segment dataset to write")
     p.add_argument("--prompt", help="the prompt whose rows to select")
@@ -167,21 +167,7 @@ def parse_args(argv: list[str] | None) -> SelectConfig:
     p.add_argument("--min-energy-kept", type=float, help="keep rows whose energy_kept is at least this")
     p.add_argument("--spans", action="store_true", default=None, help="one output row per active span")
     p.add_argument("--codes-from", help="code-shard archive to take the codes from (joined on id)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    a = p.parse_args(argv)
-    setup_logging(a.verbose)
-    return job_config.load_config(
-        SelectConfig,
-        a.config,
-        a.overrides,
-        input=a.input,
-        output=a.output,
-        prompt=a.prompt,
-        min_active_fraction=a.min_active_fraction,
-        min_energy_kept=a.min_energy_kept,
-        spans=a.spans,
-        codes_from=a.codes_from,
-    )
+    return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

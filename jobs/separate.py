@@ -24,7 +24,7 @@ from codecsep_core.activity import ActivityConfig
 from jobs import config as job_config
 from jobs import resolve
 from jobs.runner import Shards, run_stage
-from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, ray_values, run_cli, setup_logging
+from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
 from jobs.sources import SOURCE
 from jobs.stage import ErrorRow, Stage, StageOutput
 from storage import fs as sfs
@@ -177,7 +177,7 @@ def run(cfg: SeparateConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> SeparateConfig:
-    p = job_config.job_parser("separate", SeparateConfig, __doc__.splitlines()[0])
+    p = job_config.JobParser("separate", SeparateConfig, __doc__.splitlines()[0])
     p.add_argument("--input", help="URI of the code shards")
     p.add_argument("--output", help="URI of the separated shards")
     p.add_argument("--prompt", dest="prompts", action="append", default=[], help="repeatable")
@@ -191,25 +191,7 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
     p.add_argument("--codec-weights", help="DAC checkpoint URI; tables exported on the fly")
     p.add_argument("--prompt-table", help="Parquet prompt table URI")
     add_ray_arguments(p, batch_help="clips per actor call")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. separator.precision=bf16")
-    a = p.parse_args(argv)
-    setup_logging(a.verbose)
-    return job_config.load_config(
-        SeparateConfig,
-        a.config,
-        a.overrides,
-        input=a.input,
-        output=a.output,
-        prompts=a.prompts,
-        exclude=a.exclude,
-        residual=a.residual,
-        emit=a.emit,
-        masker=a.masker,
-        codec_tables=a.codec_tables,
-        codec_weights=a.codec_weights,
-        prompt_table=a.prompt_table,
-        **ray_values(a),
-    )
+    return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

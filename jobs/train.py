@@ -452,12 +452,12 @@ def latest_history(output: str, at_least: int) -> tuple[int, list[dict]]:
 
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
-    p = job_config.job_parser("train", TrainConfig, __doc__.splitlines()[0])
-    p.add_argument(
-        "args",
-        nargs="*",
-        metavar="DATA OUTPUT [key=value ...]",
-        help="prepare-train output URI, run output URI, then config overrides",
+    p = job_config.JobParser(
+        "train",
+        TrainConfig,
+        __doc__.splitlines()[0],
+        (("DATA", "data"), ("OUTPUT", "output")),
+        "prepare-train output URI, run output URI",
     )
     p.add_argument("--preset", help="masker preset: paper | tiny")
     p.add_argument("--codec-weights", help="DAC checkpoint URI")
@@ -469,24 +469,10 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         help="without CLAP weights, train on fixed per-prompt vectors",
     )
     p.add_argument("--max-steps", type=int)
-    p.add_argument("--address", help="Ray address (default: embedded local Ray)")
-    p.add_argument("--workers", type=int, help="Ray Train workers")
-    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
-    a, (data, output), overrides = job_config.parse_paths(p, argv, names=("DATA", "OUTPUT"))
-    setup_logging(a.verbose)
-    return job_config.load_config(
-        TrainConfig,
-        a.config,
-        overrides,
-        data=data,
-        output=output,
-        preset=a.preset,
-        codec_weights=a.codec_weights,
-        codec_tables=a.codec_tables,
-        fixed_prompts_if_offline=a.fixed_prompts_if_offline,
-        max_steps=a.max_steps,
-        **{"ray.address": a.address, "ray.num_actors": a.workers, "ray.num_gpus_per_actor": a.gpus_per_worker},
-    )
+    p.add_argument("--address", dest="ray.address", help="Ray address (default: embedded local Ray)")
+    p.add_argument("--workers", dest="ray.num_actors", type=int, help="Ray Train workers")
+    p.add_argument("--gpus-per-worker", dest="ray.num_gpus_per_actor", type=float, help="GPUs per worker (0: CPU)")
+    return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,23 @@ def test_every_job_config_is_a_frozen_dataclass():
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
 
 
+def test_flags_paths_and_overrides_land_on_their_config_keys():
+    cfg = ingest.parse_args(
+        ["in", "--actors", "1:3", "--stall-timeout", "5", "--retry-errors", "out", "ray.batch_size=3", "-v"]
+    )
+    assert (cfg.input, cfg.output, cfg.ray.num_actors, cfg.ray.batch_size) == ("in", "out", "1:3", 3)
+    assert (cfg.run.stall_timeout_s, cfg.run.retry_errors) == (5.0, True)
+    assert ingest.parse_args(["--input", "in", "out"]).output == "out"  # a path fills the key no flag gave
+    cfg = train.parse_args(["data", "run", "--workers", "2", "--max-steps", "7"])
+    assert (cfg.data, cfg.output, cfg.ray.num_actors, cfg.max_steps) == ("data", "run", 2, 7)
+
+
+def test_a_stray_positional_is_a_usage_error():
+    with pytest.raises(SystemExit) as exit_:
+        separate.parse_args(["--input", "in", "somewhere"])
+    assert exit_.value.code == 2
+
+
 def test_help_shows_every_default():
     done = subprocess.run(
         [sys.executable, "-m", "jobs.separate", "--help"], capture_output=True, text=True, timeout=120
