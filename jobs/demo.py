@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs import config as job_config
-from jobs.runtime import RayOptions, init_ray, setup_logging
+from jobs.runtime import RayOptions, init_ray, run_cli
 
 log = logging.getLogger("codecsep.demo")
 
@@ -287,22 +287,13 @@ def run(cfg: DemoConfig) -> str:
 
 
 def parse_args(argv: list[str] | None) -> DemoConfig:
-    p = job_config.job_parser("demo", DemoConfig, __doc__.splitlines()[0])
+    p = job_config.JobParser("demo", DemoConfig, __doc__.splitlines()[0])
     p.add_argument("--output", help="output folder (local)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. max_steps=100")
-    a = p.parse_args(argv)
-    setup_logging(a.verbose)
-    return job_config.load_config(DemoConfig, a.config, a.overrides, output=a.output)
+    return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_args(argv)
-    except ValueError as e:
-        print(f"codecsep demo: {e}")
-        return 2
-    print(run(cfg))
-    return 0
+    return run_cli("demo", lambda: print(run(parse_args(argv))), argv)
 
 
 if __name__ == "__main__":

@@ -120,28 +120,30 @@ def test_target_plus_residual_rebuilds_the_mixture(trained):
     assert np.mean(both) > np.mean(target_only) + 1.0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="not met with this fixture's masker: spans IoU 0.390 vs whole clip 0.397 (a "
-    "300-step masker on scenes of the same design: 0.49-0.55 vs 0.44); docs/separation_features.md",
-)
 def test_active_spans_beat_the_whole_clip_span(trained):
+    """The kind that sounds in part of a clip: its spans overlap the true span better than
+    the whole clip does. The two kinds that sound throughout: their spans still cover most
+    of the clip (a rule that cut every clip in two would fail here)."""
     sep = Separator(trained.tables, trained.masker)
     frame_rate = trained.tables.info.frame_rate
-    spans_iou, whole_iou = [], []
+    spans_iou, whole_iou, throughout_iou = [], [], []
     for mix, _, kind, span in trained.heldout:
         result = sep.separate([long_codes(mix)], trained.prompts)[0]
-        p = KINDS.index(kind)
         duration = result.frame_energy.shape[0] / frame_rate
-        found = act.find_activity(result.frame_kept[p].numpy(), result.frame_energy.numpy(), frame_rate)
-        spans_iou.append(act.span_iou(found.spans, [span], duration, frame_rate))
-        whole_iou.append(act.span_iou([[0.0, duration]], [span], duration, frame_rate))
-        assert 0 <= found.fraction <= 1
+        for p, other in enumerate(KINDS):
+            found = act.find_activity(result.frame_kept[p].numpy(), result.frame_energy.numpy(), frame_rate)
+            assert 0 <= found.fraction <= 1
+            if other == kind:
+                spans_iou.append(act.span_iou(found.spans, [span], duration, frame_rate))
+                whole_iou.append(act.span_iou([[0.0, duration]], [span], duration, frame_rate))
+            else:
+                throughout_iou.append(act.span_iou(found.spans, [[0.0, duration]], duration, frame_rate))
     print(
         f"\nactivity IoU with the true span: spans {np.mean(spans_iou):.3f}, whole clip {np.mean(whole_iou):.3f} "
-        f"({len(spans_iou)} held-out clips)"
+        f"({len(spans_iou)} held-out clips); kinds sounding throughout: spans {np.mean(throughout_iou):.3f}"
     )
     assert np.mean(spans_iou) > np.mean(whole_iou) + 0.02
+    assert np.mean(throughout_iou) > 0.8
 
 
 def test_excluding_a_source_lowers_it_in_the_output(trained):
