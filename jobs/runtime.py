@@ -89,6 +89,7 @@ def add_ray_arguments(parser, batch_help: str = "rows per actor call") -> None:
         "--actors",
         dest="ray.num_actors",
         type=actors_value,
+        metavar="N|MIN:MAX",
         help="actor pool size: N, or MIN:MAX to scale (and survive node loss)",
     )
     group.add_argument(
