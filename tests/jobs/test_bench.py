@@ -101,7 +101,7 @@ def test_job_figures_come_from_the_job(bench):
     assert job["audio_seconds"] == pytest.approx(4.0, rel=0.05)  # job_seconds=4 of 1 s clips
     size = job["output_size"]
     assert size["scores_rows_out"] == run["rows_out"]
-    # a 1 s clip's codes are 50 frames x 12 codebooks x 2 bytes before compression
+    # a 1 s clip holds 50 x 12 random 10-bit codes: over 600 bytes however they are compressed
     assert size["codes_bytes_per_row"] > size["scores_bytes_per_row"] + 50 * 12
     assert (res["ingest"]["files"], res["ingest"]["errors"]) == (2, 0)
     assert res["ingest"]["audio_seconds"] == pytest.approx(2.0, rel=0.05)
