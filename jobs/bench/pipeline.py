@@ -23,16 +23,15 @@ log = logging.getLogger("codecsep.bench")
 def write_job_inputs(cfg: BenchConfig, m: Models, root: Path) -> dict:
     """Code shards of random clips, the masker and codec tables files, a prompt table;
     and one more shard (`warmup/`) of other clips, for the cold-start run."""
-    import pyarrow.parquet as pq
-
     from storage.prompt_table import PromptTable, write_prompt_table
     from storage.schema import CODE_SHARD_SCHEMA, codes_to_arrow, table_from_columns
+    from storage.shards import write_table_atomic
 
     info = m.tables.info
 
     def write_shard(path: Path, ids: list[str], clips: list[np.ndarray]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(
+        write_table_atomic(
+            str(path),
             table_from_columns(
                 {
                     "id": ids,
@@ -43,7 +42,6 @@ def write_job_inputs(cfg: BenchConfig, m: Models, root: Path) -> dict:
                 },
                 CODE_SHARD_SCHEMA,
             ),
-            path,
         )
 
     gen = torch.Generator().manual_seed(cfg.seed + 4)

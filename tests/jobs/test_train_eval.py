@@ -47,10 +47,9 @@ def train_args(data, out, weights, *extra):
     ]
 
 
-def run_evaluate(data, out, run_dir, weights=None):
-    args = [
-        str(data),
-        str(out),
+def trained_model_args(run_dir) -> list[str]:
+    """The flags that point a job at what `train` wrote to `run_dir`."""
+    return [
         "--masker",
         str(run_dir / "masker.safetensors"),
         "--codec-tables",
@@ -58,6 +57,10 @@ def run_evaluate(data, out, run_dir, weights=None):
         "--prompt-table",
         str(run_dir / "prompts.parquet"),
     ]
+
+
+def run_evaluate(data, out, run_dir, weights=None):
+    args = [str(data), str(out), *trained_model_args(run_dir)]
     return evaluate.run(evaluate.parse_args(args + (["--codec-weights", str(weights)] if weights else [])))
 
 
@@ -188,12 +191,7 @@ def test_evaluate_measures_what_separate_writes(synthetic_sets, tmp_path):
                 str(tmp_path / "codes"),
                 "--output",
                 str(tmp_path / "separated"),
-                "--masker",
-                str(run_dir / "masker.safetensors"),
-                "--codec-tables",
-                str(run_dir / "codec_tables.safetensors"),
-                "--prompt-table",
-                str(run_dir / "prompts.parquet"),
+                *trained_model_args(run_dir),
                 *sum((["--prompt", k] for k in synthetic.KINDS), []),
                 *FAST,
             ]
