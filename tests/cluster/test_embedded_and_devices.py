@@ -1,10 +1,9 @@
 """With no `--address` a job runs on an embedded Ray of its own, whatever else runs on the
 machine; GPUs asked for where there is no CUDA is a clear error within seconds.
 
-xfail(strict) marks what the runner of issue #10 has to deliver: `init_ray` that starts
-embedded Ray with `ray.init(address="local", ...)` (plain `ray.init()` joins the latest
-`ray start` cluster on the machine, found through its address file even when it is dead),
-and the device resolver. See /work/notes/cluster_findings.md.
+`init_ray` starts embedded Ray with `ray.init(address="local", ...)`: plain `ray.init()`
+joins the latest `ray start` cluster on the machine, found through its address file even
+when that cluster is dead.
 """
 
 import pytest

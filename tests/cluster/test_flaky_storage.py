@@ -3,9 +3,8 @@ writes and listings are retried with backoff (storage.fs's S3 client settings) a
 job completes exactly once; permanent faults stop it within a minute, non-zero, with no
 error rows.
 
-xfail(strict) marks what the runner of issue #10 has to deliver: a permanent storage
-failure reported as one clear line (`codecsep separate: error: ...`), not a traceback, and
-a missing output bucket refused up front (today s3fs tries to create it).
+A permanent failure is reported in one clear line (`codecsep separate: error: ...`), not a
+traceback, and a missing output bucket is refused up front (s3fs would try to create it).
 """
 
 import os

@@ -2,10 +2,10 @@
 (`--address`): a worker node's raylet and workers killed by pid mid-job, as a preempted
 machine; and a job whose every actor node is gone, which must stop, not hang.
 
-xfail(strict) marks what the one runner of issue #10 has to deliver (issue #11):
-an actor pool that scales between a minimum and a maximum (`--actors MIN:MAX`), Ray
-settings that send a dead actor's work to live ones, a driver whose helper actors survive
-a node loss, and a bounded wait with a stall timeout. See /work/notes/cluster_findings.md.
+What the runner provides for this: an actor pool that scales between a minimum and a
+maximum (`--actors MIN:MAX`), Ray settings that send a dead actor's work to live ones, a
+tally actor on the head node that survives a worker's loss, and a stall bound
+(`--stall-timeout`).
 """
 
 import re
