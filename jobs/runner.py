@@ -172,15 +172,13 @@ def forget_errors(output: str, checkpoint_uri: str, stage: Stage, s3: sfs.S3Opti
     errors_uri = sfs.join(output, shards.ERRORS_DIR)
     if not sfs.exists(errors_uri, s3) or not sfs.exists(checkpoint_uri, s3):
         return 0
-    files = shards.list_shards(errors_uri, s3)
-    column = "source" if stage.key == "source" else "id"
     keys: set = set()
     mine = []
-    for uri in files:
+    for uri in shards.list_shards(errors_uri, s3):
         table = shards.read_table(uri, s3=s3)
         rows = table.filter(pc.equal(table["stage"], stage.name))
         if rows.num_rows:
-            keys.update(rows[column].to_pylist())
+            keys.update(rows["key"].to_pylist())
             mine.append(uri)
     done = pa.array(sorted(keys), pa.string())
     for uri in shards.list_shards(checkpoint_uri, s3):

@@ -57,10 +57,10 @@ class ShardSink(BlockBasedFileDatasink):
         def column(name: str) -> pa.Array:
             return rows[name].cast(pa.string()) if name in rows.column_names else pa.nulls(n, pa.string())
 
-        ids = column(ERROR_ID)
         stage = pa.array([self.stage] * n, pa.string())
         return pa.Table.from_arrays(
-            [ids, column(SOURCE), stage, column(ERROR_PROMPT), column(ERROR)], schema=ERRORS_SCHEMA
+            [column(ERROR_ID), column(SOURCE), stage, column(ERROR_PROMPT), column(ERROR), column(self.key)],
+            schema=ERRORS_SCHEMA,
         )
 
     def _put(self, uri: str, table: pa.Table) -> None:

@@ -81,6 +81,7 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("stage", pa.string()),  # job that rejected it, e.g. "separate"
         pa.field("prompt", pa.string()),  # null unless one prompt failed
         pa.field("reason", pa.string()),
+        pa.field("key", pa.string()),  # the input's key in its job: what resume and --retry-errors match
     ]
 )
 

@@ -174,11 +174,11 @@ def write_errors(
     options: ShardOptions = ShardOptions(),
     s3: S3Options | None = None,
 ) -> list[str]:
-    """Write error rows (`schema.ERRORS_SCHEMA`; `id`, `stage`, `prompt` may be left out)
-    into `<output_uri>/_errors/`; -> shard URIs."""
+    """Write error rows (`schema.ERRORS_SCHEMA`; `id`, `stage`, `prompt`, `key` may be left
+    out) into `<output_uri>/_errors/`; -> shard URIs."""
     if not rows:
         return []
-    optional = dict.fromkeys(("id", "stage", "prompt"))
+    optional = dict.fromkeys(("id", "stage", "prompt", "key"))
     with ShardWriter(join(output_uri, ERRORS_DIR), prefix, options, s3) as writer:
         writer.write(table_from_rows([{**optional, **row} for row in rows], ERRORS_SCHEMA))
     return writer.written

@@ -306,3 +306,32 @@ def test_a_5_1_wav_ingests_as_six_rows(ray_session, dac_weights, tmp_path):
     run_export(str(tmp_path / "codes"), str(tmp_path / "wav"), "--codec-weights", str(dac_weights))
     info = sf.info(str(tmp_path / "wav" / "film.wav"))
     assert (info.channels, info.frames, info.samplerate) == (6, int(0.4 * 48000), 48000)
+
+
+def test_export_retry_errors_makes_failed_files_due_again(ray_session, tmp_path):
+    """An export error's key is the output file, not the clip id: `--retry-errors` must
+    make exactly those files due again (and keep their error rows until they are redone)."""
+    dac = DacFile(
+        codes=np.zeros((1, 12, 20), np.uint16),
+        chunk_length=20,
+        original_length=6400,
+        input_db=-20.0,
+        channels=1,
+        sample_rate=16000,
+        padding=True,
+    )
+    rows = dac_to_rows(dac, "good", DAC_CODECS["dac_16khz"])
+    bad = [{**r, "codes": np.full((12, 20), 4096, np.uint16)} for r in dac_to_rows(dac, "bad", DAC_CODECS["dac_16khz"])]
+    with shards.ShardWriter(str(tmp_path / "codes"), "a") as w:
+        w.write(table_from_rows(rows + bad, DAC_SHARD_SCHEMA))
+    args = (str(tmp_path / "codes"), str(tmp_path / "dac"), "--format", "dac", "--max-error-fraction=1")
+
+    first = run_export(*args)
+    assert (first.rows_out, first.errors) == (1, 1)
+    assert shards.read_errors(str(tmp_path / "dac"))["key"].to_pylist() == ["bad.dac"]
+    rerun = run_export(*args)
+    assert (rerun.rows_out, rerun.errors, rerun.skipped_done) == (0, 0, 2)
+    retry = run_export(*args, "--retry-errors")
+    assert (retry.rows_out, retry.errors, retry.skipped_done) == (0, 1, 1)
+    errors = shards.read_errors(str(tmp_path / "dac"))
+    assert (errors["id"].to_pylist(), errors["key"].to_pylist()) == (["bad"], ["bad.dac"])

@@ -151,8 +151,14 @@ def test_read_table_empty_and_missing(root):
 def test_errors_table(root):
     assert read_errors(root).schema == ERRORS_SCHEMA
     rows = [
-        {"id": "x", "source": "s3://in/part-0.parquet", "stage": "separate", "reason": "empty clip (0 frames)"},
-        {"id": None, "source": "s3://in/broken.dac", "stage": "ingest", "reason": "not a .dac file"},
+        {"id": "x", "source": "s3://in/p.parquet", "stage": "separate", "reason": "empty clip (0 frames)", "key": "x"},
+        {
+            "id": None,
+            "source": "s3://in/broken.dac",
+            "stage": "ingest",
+            "reason": "not a .dac file",
+            "key": "s3://in/broken.dac",
+        },
     ]
     write_table_atomic(
         fs.join(root, "_errors", shard_name("task-7", 0)),
