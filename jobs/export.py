@@ -35,7 +35,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs import config as job_config
 from jobs import resolve
@@ -209,14 +208,10 @@ def prompt_slugs(prompts: set[str]) -> dict[str, str]:
 
 def read_keys(shard: str) -> pa.Table | str:
     """The grouping columns of one shard (those it has), without its codes; or why not."""
-    fs, path = sfs.resolve(shard)
     try:
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            names = parquet.schema_arrow.names
-            if "id" not in names:
-                return "unreadable shard: no 'id' column"
-            return parquet.read(columns=[c for c in KEY_COLUMNS if c in names])
+        return shards.read_present_columns(shard, KEY_COLUMNS, required=("id",))
+    except shards.MissingColumns as e:
+        return f"unreadable shard: {e}"
     except pa.ArrowInvalid as e:
         return f"unreadable shard (not Parquet): {e}"
 

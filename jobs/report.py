@@ -17,7 +17,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from jobs import config as job_config
 from jobs.export import prompt_slugs
@@ -112,13 +111,10 @@ def read_scores(cfg: ReportConfig) -> list[dict]:
     """The score columns of every shard (never the codes), rows of the configured stem."""
     rows = []
     for shard in shards.list_shards(cfg.input):
-        fs, path = sfs.resolve(shard)
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            names = [c for c in SCORE_COLUMNS if c in parquet.schema_arrow.names]
-            if "prompt" not in names or "energy_kept" not in names:
-                raise ValueError(f"{shard}: not a separated shard (no prompt / energy_kept columns)")
-            table = parquet.read(columns=names)
+        try:
+            table = shards.read_present_columns(shard, SCORE_COLUMNS, required=("prompt", "energy_kept"))
+        except shards.MissingColumns as e:
+            raise ValueError(f"{shard}: not a separated shard ({e})") from None
         rows += [r for r in table.to_pylist() if r.get("stem", cfg.stem) == cfg.stem]
     return rows
 

@@ -349,17 +349,6 @@ def read_split(ray, uri: str, with_audio: bool):
     return ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)  # projection is pushed into the read
 
 
-def has_column(uri: str, name: str) -> bool:
-    import pyarrow.parquet as pq
-
-    files = shards.list_shards(uri)
-    if not files:
-        return False
-    fs, path = sfs.resolve(files[0])
-    with fs.open(path, "rb") as f:
-        return name in pq.ParquetFile(f).schema_arrow.names
-
-
 def run(cfg: TrainConfig) -> JobReport:
     cfg.check()
     report = JobReport("train")
@@ -373,7 +362,7 @@ def run(cfg: TrainConfig) -> JobReport:
     with report.stage("codec_tables"):
         tables_uri = prepare_tables(cfg)
     latest = latest_checkpoint(cfg.output)
-    has_audio = has_column(train_uri, "target_audio")
+    has_audio = "target_audio" in shards.column_names(shards.list_shards(train_uri)[0])
     ray = init_ray(cfg.ray)
     from ray.data import DataContext
     from ray.train import FailureConfig, RunConfig, ScalingConfig

@@ -158,6 +158,33 @@ def write_table_atomic(uri: str, table: pa.Table, s3: S3Options | None = None, c
     write_bytes_atomic(uri, buf.getvalue(), s3)
 
 
+def column_names(uri: str, s3: S3Options | None = None) -> list[str]:
+    """One shard's columns, from its footer alone."""
+    fs, path = resolve(uri, s3)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow.names
+
+
+class MissingColumns(ValueError):
+    """A shard without a column its reader needs."""
+
+
+def read_present_columns(
+    uri: str, wanted: Sequence[str], required: Sequence[str] = (), s3: S3Options | None = None
+) -> pa.Table:
+    """Those of `wanted` that one shard has (its footer says which), read without the
+    rest, so an index or a score table never pulls in the codes. Raises `MissingColumns`
+    when any of `required` is absent, and pyarrow's ArrowInvalid when it is not Parquet."""
+    fs, path = resolve(uri, s3)
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise MissingColumns(f"no {', '.join(map(repr, missing))} column(s)")
+        return parquet.read(columns=[c for c in wanted if c in names])
+
+
 def iter_shards(
     uri: str, columns: Sequence[str] | None = None, s3: S3Options | None = None
 ) -> Iterator[tuple[str, pa.Table]]:

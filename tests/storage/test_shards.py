@@ -8,10 +8,13 @@ import pytest
 from storage import fs
 from storage.schema import CODE_SHARD_SCHEMA, CODES_TYPE, ERRORS_SCHEMA, codes_column_to_numpy, table_from_rows
 from storage.shards import (
+    MissingColumns,
     ShardOptions,
     ShardWriter,
+    column_names,
     list_shards,
     read_errors,
+    read_present_columns,
     read_table,
     shard_name,
     write_table_atomic,
@@ -173,3 +176,15 @@ def test_errors_table(root):
 def test_writer_prefix_must_be_a_visible_name(tmp_path, prefix):
     with pytest.raises(ValueError):
         ShardWriter(str(tmp_path), prefix)
+
+
+def test_an_index_reads_the_columns_a_shard_has_and_never_the_codes(root):
+    _, table = clips(3)
+    uri = fs.join(root, "part-0.parquet")
+    write_table_atomic(uri, table)
+    assert "codes" in column_names(uri)
+    index = read_present_columns(uri, ["id", "prompt", "codec"], required=["id"])
+    assert index.column_names == ["id", "codec"]  # no prompt column in code shards
+    assert index["id"].to_pylist() == table["id"].to_pylist()
+    with pytest.raises(MissingColumns, match="'energy_kept'"):
+        read_present_columns(uri, ["id"], required=["energy_kept"])
