@@ -3,11 +3,9 @@ writes, and how `prompts` hears an example clip given as codes."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
-import soundfile as sf
 
 from codecsep_core.dac_codec import DAC_VERSION, NORMALIZE_DB, apply_gain_db, fit_length, loudness_db, resample
 from storage.dacfile import dac_from_rows, write_dac
@@ -53,9 +51,3 @@ def decode_rows(codec, rows: list[dict], separated: bool):
         gain = input_db - (NORMALIZE_DB if separated else loudness_db(audio, rate))
         audio = apply_gain_db(audio, gain)
     return fit_length(resample(audio, rate, original_rate), original_length)
-
-
-def audio_bytes(audio, sample_rate: int, fmt: str, subtype: str) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(audio.T, -1.0, 1.0), sample_rate, format=fmt.upper(), subtype=subtype)
-    return buf.getvalue()

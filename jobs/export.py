@@ -38,13 +38,14 @@ import pyarrow as pa
 
 from jobs import config as job_config
 from jobs import resolve
-from jobs.decode import audio_bytes, dac_bytes, decode_rows, with_dac_defaults
+from jobs.decode import dac_bytes, decode_rows, with_dac_defaults
 from jobs.runner import Items, checkpoint_uri, run_stage
 from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
 from jobs.sources import DIR, ERROR, ERROR_ID, SOURCE
 from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
 from storage import fs as sfs
 from storage import shards
+from storage.audio import encode_audio
 from storage.dacfile import dac_source_id
 from storage.schema import MalformedCodes, codes_to_numpy, validate_row
 
@@ -169,7 +170,7 @@ class ExportStage(Stage):
             if [r["dac_channel"] for r in rows] != list(range(rows[0]["dac_channels"])):
                 raise BadInput(f"channels {[r['dac_channel'] for r in rows]} of {rows[0]['dac_channels']} present")
             audio = decode_rows(self.codec, rows, separated=item["prompt"] is not None)
-            data = audio_bytes(audio, rows[0]["dac_sample_rate"], self.fmt, self.subtype)
+            data = encode_audio(audio, rows[0]["dac_sample_rate"], self.fmt, self.subtype)
         t2 = time.perf_counter()
         tally["decode_s"] += t2 - t1
         sfs.write_bytes_atomic(sfs.join(self.output, item["id"]), data)

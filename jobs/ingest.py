@@ -20,12 +20,12 @@ import pyarrow as pa
 
 from jobs import config as job_config
 from jobs import resolve
-from jobs.inputs import AUDIO_SUFFIXES, read_audio
 from jobs.runner import Items, run_stage
 from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
 from jobs.sources import ERROR, ERROR_ID, SOURCE
 from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
 from storage import fs as sfs
+from storage.audio import AUDIO_SUFFIXES, UnreadableAudio, read_audio
 
 log = logging.getLogger("codecsep.ingest")
 
@@ -84,7 +84,7 @@ class IngestStage(Stage):
         for item in batch.select(["source", "id"]).to_pylist():
             try:
                 file_rows, seconds = self._rows(item["source"], item["id"], tally)
-            except BadInput as e:
+            except (BadInput, UnreadableAudio) as e:
                 errors.append(ErrorRow(item["source"], str(e), item["source"], id=item["id"]))
                 continue
             rows += [{**r, "source": item["source"]} for r in file_rows]

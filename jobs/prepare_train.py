@@ -39,12 +39,12 @@ import pyarrow as pa
 
 from jobs import config as job_config
 from jobs import resolve
-from jobs.inputs import AUDIO_SUFFIXES, read_audio
 from jobs.runner import Items, run_stage
 from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
 from jobs.sources import DIR
 from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
 from storage import fs as sfs
+from storage.audio import AUDIO_SUFFIXES, read_audio
 from storage.schema import codes_to_arrow
 
 log = logging.getLogger("codecsep.prepare_train")

@@ -1,4 +1,4 @@
-"""Audio files as users bring them, read the same way by every job."""
+"""Audio files as users bring them (wav, flac, ogg), read and written the same way by every job."""
 
 from __future__ import annotations
 
@@ -8,20 +8,21 @@ import re
 import numpy as np
 import soundfile as sf
 
-from jobs.stage import BadInput
-
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-
 
 _TRUNCATED = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # streaming writers that never knew the length
+
+
+class UnreadableAudio(ValueError):
+    """A file that is not audio a job can use; the message says why, in words a user acts on."""
 
 
 def read_audio(data: bytes) -> tuple[np.ndarray, int]:
     """File bytes -> (float32 [channels, n], sample_rate). libsndfile reads a truncated WAV
     silently (to the end of what is there); its header log gives the truncation away."""
     if not data:
-        raise BadInput("empty file (0 bytes)")
+        raise UnreadableAudio("empty file (0 bytes)")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             declared = _TRUNCATED.search(f.extra_info)
@@ -30,13 +31,20 @@ def read_audio(data: bytes) -> tuple[np.ndarray, int]:
                 and int(declared.group(1)) not in _PLACEHOLDER_SIZES
                 and int(declared.group(1)) > int(declared.group(2))
             ):
-                raise BadInput(
+                raise UnreadableAudio(
                     f"truncated audio file: data chunk declares {declared.group(1)} bytes, file holds {declared.group(2)}"
                 )
             audio = f.read(dtype="float32", always_2d=True)
             sample_rate = f.samplerate
     except sf.SoundFileError as e:
-        raise BadInput(f"unreadable audio file: {getattr(e, 'error_string', e)}") from None
+        raise UnreadableAudio(f"unreadable audio file: {getattr(e, 'error_string', e)}") from None
     if audio.shape[0] == 0:
-        raise BadInput("empty audio file (0 samples)")
+        raise UnreadableAudio("empty audio file (0 samples)")
     return np.ascontiguousarray(audio.T), int(sample_rate)
+
+
+def encode_audio(audio: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> bytes:
+    """float [channels, n] -> the bytes of a `fmt` file (wav, flac), clipped to [-1, 1]."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(audio.T, -1.0, 1.0), sample_rate, format=fmt.upper(), subtype=subtype)
+    return buf.getvalue()
