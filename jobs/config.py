@@ -60,6 +60,13 @@ def _coerce(tp, value, key: str):
     return value
 
 
+def require(cfg, keys: tuple[str, ...], usage: str | None = None) -> None:
+    """A usage error naming the settings of `keys` that `cfg` leaves unset, and how to give them."""
+    missing = [k for k in keys if not getattr(cfg, k)]
+    if missing:
+        raise ValueError(f"missing setting(s): {', '.join(missing)} ({usage or 'flags --' + ' --'.join(missing)})")
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     types_ = _field_types(cls)
     unknown = set(data) - set(types_)

@@ -70,9 +70,7 @@ class EvaluateConfig:
     threads: int = 2  # torch threads
 
     def check(self) -> None:
-        missing = [k for k in ("input", "output", "masker") if not getattr(self, k)]
-        if missing:
-            raise ValueError(f"missing setting(s): {', '.join(missing)} (codecsep evaluate DATA OUTPUT --masker M)")
+        job_config.require(self, ("input", "output", "masker"), "codecsep evaluate DATA OUTPUT --masker M")
         if not (self.codec_tables or self.codec_weights):
             raise ValueError("set codec_tables or codec_weights")
 

@@ -71,9 +71,7 @@ class ExportConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
-        missing = [k for k in ("input", "output") if not getattr(self, k)]
-        if missing:
-            raise ValueError(f"missing setting(s): {', '.join(missing)} (codecsep export SRC DST)")
+        job_config.require(self, ("input", "output"), "codecsep export SRC DST")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.window_seconds <= 0:

@@ -43,9 +43,7 @@ class IngestConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
-        missing = [k for k in ("input", "output") if not getattr(self, k)]
-        if missing:
-            raise ValueError(f"missing setting(s): {', '.join(missing)} (codecsep ingest SRC DST)")
+        job_config.require(self, ("input", "output"), "codecsep ingest SRC DST")
         resolve.check_codec_name(self.codec)
         if self.window_seconds <= 0:
             raise ValueError("window_seconds must be positive")

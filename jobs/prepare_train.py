@@ -80,9 +80,7 @@ class PrepareTrainConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
-        missing = [k for k in ("input", "output") if not getattr(self, k)]
-        if missing:
-            raise ValueError(f"missing setting(s): {', '.join(missing)} (codecsep prepare-train SRC DST)")
+        job_config.require(self, ("input", "output"), "codecsep prepare-train SRC DST")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         resolve.check_codec_name(self.codec)

@@ -53,9 +53,7 @@ class ReportConfig:
     stem: str = "target"  # rows of this stem, when the input has a `stem` column
 
     def check(self) -> None:
-        missing = [k for k in ("input", "output") if not getattr(self, k)]
-        if missing:
-            raise ValueError(f"missing setting(s): {', '.join(missing)} (flags --{' --'.join(missing)})")
+        job_config.require(self, ("input", "output"))
         if self.top < 1 or self.bins < 1:
             raise ValueError("top and bins must be positive")
 

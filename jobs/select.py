@@ -45,9 +45,7 @@ class SelectConfig:
     stem: str = "target"  # rows of this stem, when the input has a `stem` column
 
     def check(self) -> None:
-        missing = [k for k in ("input", "output", "prompt") if not getattr(self, k)]
-        if missing:
-            raise ValueError(f"missing setting(s): {', '.join(missing)} (flags --{' --'.join(missing)})")
+        job_config.require(self, ("input", "output", "prompt"))
         if not 0 <= self.min_active_fraction <= 1 or self.min_energy_kept < 0:
             raise ValueError("min_active_fraction must be in [0, 1] and min_energy_kept non-negative")
 

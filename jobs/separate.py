@@ -53,9 +53,7 @@ class SeparateConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
-        missing = [k for k in ("input", "output", "masker") if not getattr(self, k)]
-        if missing:
-            raise ValueError(f"missing setting(s): {', '.join(missing)} (flags --{' --'.join(missing)})")
+        job_config.require(self, ("input", "output", "masker"))
         if not self.prompts:
             raise ValueError("no prompts: pass --prompt TEXT (repeatable)")
         if len(set(self.prompts)) != len(self.prompts):

@@ -76,9 +76,7 @@ class TrainConfig:
     ray_storage_path: str | None = None  # Ray Train's run folder (null: a local temporary folder)
 
     def check(self) -> None:
-        missing = [k for k in ("data", "output") if not getattr(self, k)]
-        if missing:
-            raise ValueError(f"missing setting(s): {', '.join(missing)} (codecsep train DATA OUTPUT)")
+        job_config.require(self, ("data", "output"), "codecsep train DATA OUTPUT")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.loss == "sisdr" and not self.codec_weights:

@@ -125,3 +125,12 @@ def test_installed_wheel_finds_its_default_configs_from_another_directory(tmp_pa
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"defaults from {site}" in done.stdout and "ray.num_actors=1" in done.stdout
+
+
+def test_missing_settings_are_named_with_how_to_give_them():
+    from jobs import export, select
+
+    with pytest.raises(ValueError, match=r"missing setting\(s\): output \(codecsep export SRC DST\)"):
+        export.ExportConfig(input="x").check()
+    with pytest.raises(ValueError, match=r"missing setting\(s\): input, prompt \(flags --input --prompt\)"):
+        select.SelectConfig(output="y").check()
