@@ -40,71 +40,75 @@ def summarize(res: dict) -> dict:
         "separator_gmacs_per_audio_second": macs["separator_gmacs_per_audio_second"],
         "codes_vs_waveform_speedup": wave["seconds"] / codes["seconds"] if codes and wave else None,
     }
-    out["targets"] = {
-        f"separator x-realtime at equal quality >= {TARGETS['x_realtime']:g} (CPU)": out["separator_x_realtime"]
-        >= TARGETS["x_realtime"],
-        f"short-clip / long-clip throughput >= {TARGETS['short_vs_long']:g}": out["short_vs_long"]
-        >= TARGETS["short_vs_long"],
-        f"job vs bare loop >= {TARGETS['job_vs_bare_loop']:g}": out["job_vs_bare_loop"] >= TARGETS["job_vs_bare_loop"],
-        "separator MACs <= published masker's": macs["separator_gmacs_per_audio_second"]
-        <= macs["published_masker_gmacs_per_audio_second"],
+    gmacs = "{:.3f} vs {:.3f}".format(
+        macs["separator_gmacs_per_audio_second"], macs["published_masker_gmacs_per_audio_second"]
+    )
+    out["targets"] = {  # name -> what was measured and whether it passes: the table needs no dict order
+        f"separator x-realtime at equal quality >= {TARGETS['x_realtime']:g} (CPU)": _target(
+            out["separator_x_realtime"], out["separator_x_realtime"] >= TARGETS["x_realtime"]
+        ),
+        f"short-clip / long-clip throughput >= {TARGETS['short_vs_long']:g}": _target(
+            out["short_vs_long"], out["short_vs_long"] >= TARGETS["short_vs_long"]
+        ),
+        f"job vs bare loop >= {TARGETS['job_vs_bare_loop']:g}": _target(
+            out["job_vs_bare_loop"], out["job_vs_bare_loop"] >= TARGETS["job_vs_bare_loop"]
+        ),
+        "separator MACs <= published masker's": _target(
+            gmacs, macs["separator_gmacs_per_audio_second"] <= macs["published_masker_gmacs_per_audio_second"]
+        ),
     }
     return out
 
 
-def _table(headers: list[str], rows: list[list]) -> list[str]:
+def _target(measured, passed: bool) -> dict:
+    return {"measured": measured, "pass": bool(passed)}
+
+
+def _table(headers: str, rows: list[list]) -> list[str]:
+    """A Markdown table; `headers` separated by '|'."""
+
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + [
+    names = headers.split("|")
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)] + [
         "| " + " | ".join(fmt(v) for v in r) + " |" for r in rows
     ]
+
+
+def _section(title: str, headers: str, rows: list[list]) -> list[str]:
+    return ["", title, "", *_table(headers, rows)]
 
 
 def to_markdown(res: dict) -> str:
     s, macs, job, cfg, q = res["summary"], res["macs"], res["job"], res["config"], res["quality"]
     best, short, fastest = s["separator_fastest_equal_quality"], res["short_clips"], s["separator_fastest"]
+    qc, size, ing = cfg["quality"], job["output_size"], res["ingest"]
+    plan, ids = res["scale"]["planning"], res["scale"]["checkpoint_ids"]
+    ceiling = s["x_realtime_ceiling"]
     lines = [
         f"Machine: {res['machine']}. Random-weight DAC and `{cfg['masker_preset']}` masker for speed "
         "(real architectures; no weights can be downloaded). All ratios from this one run; times are the "
-        "minimum of the repeats.",
-        "",
-        "**Targets**",
-        "",
+        "minimum of the repeats."
     ]
-    lines += _table(
-        ["target", "measured", "result"],
-        [
-            [k, v, "PASS" if ok else "FAIL"]
-            for (k, ok), v in zip(
-                s["targets"].items(),
-                [
-                    s["separator_x_realtime"],
-                    s["short_vs_long"],
-                    s["job_vs_bare_loop"],
-                    "{:.3f} vs {:.3f}".format(
-                        macs["separator_gmacs_per_audio_second"], macs["published_masker_gmacs_per_audio_second"]
-                    ),
-                ],
-            )
-        ],
+    lines += _section(
+        "**Targets**",
+        "target|measured|result",
+        [[k, t["measured"], "PASS" if t["pass"] else "FAIL"] for k, t in s["targets"].items()],
     )
-    lines += ["", "**Headline**", ""]
-    lines += _table(
-        ["figure", "value"],
+    lines += _section(
+        "**Headline**",
+        "figure|value",
         [
             [
                 f"separator x-realtime at equal quality ({best['precision']}, batch {best['batch']})",
                 s["separator_x_realtime"],
             ],
-            [
-                f"fastest configuration ({fastest['precision']}, batch {fastest['batch']})",
-                s["separator_fastest"]["x_realtime"],
-            ],
+            [f"fastest configuration ({fastest['precision']}, batch {fastest['batch']})", fastest["x_realtime"]],
             ["fraction of the matmul peak in its dtype", s["fraction_of_machine_peak"]],
             [
-                "x-realtime ceiling at matmul peak (" + " / ".join(s["x_realtime_ceiling"]) + ")",
-                " / ".join(f"{v:.0f}" for v in s["x_realtime_ceiling"].values()),
+                "x-realtime ceiling at matmul peak (" + " / ".join(ceiling) + ")",
+                " / ".join(f"{v:.0f}" for v in ceiling.values()),
             ],
             [
                 f"short-clip / long-clip throughput ({short['precision']}, {short['short_clips']} x "
@@ -114,97 +118,53 @@ def to_markdown(res: dict) -> str:
             ["job vs bare loop", s["job_vs_bare_loop"]],
             [
                 f"codes vs waveform route (fp32, batch {cfg['speedup_batch']}; reported, not a target)",
-                s["codes_vs_waveform_speedup"] if s["codes_vs_waveform_speedup"] is not None else "n/a",
+                "n/a" if s["codes_vs_waveform_speedup"] is None else s["codes_vs_waveform_speedup"],
             ],
         ],
     )
-    qc = cfg["quality"]
-    lines += [
-        "",
+    lines += _section(
         f"**Precision at equal quality** (`{qc['preset']}` masker trained {qc['steps']} steps on synthetic "
         f"mixtures, fitted codec, {qc['heldout_mixtures']} held-out mixtures x every prompt; identity mask "
         f"{q['identity_snr_db']:.2f} dB; equal quality: latent SNR vs target within {EQUAL_QUALITY_DB} dB "
         "of fp32's)",
-        "",
-    ]
-    lines += _table(
+        "precision|latent SNR vs target dB|SNR vs fp32 dB|code agreement|frame agreement|equal quality",
         [
-            "precision",
-            "latent SNR vs target dB",
-            "SNR vs fp32 dB",
-            "code agreement",
-            "frame agreement",
-            "equal quality",
-        ],
-        [
-            [
-                p,
-                r["snr_vs_target_db"],
-                r["snr_vs_fp32_db"],
-                r["code_agreement"],
-                r["frame_agreement"],
-                "yes" if r["equal_quality"] else "no",
-            ]
+            [p, *(r[k] for k in ("snr_vs_target_db", "snr_vs_fp32_db", "code_agreement", "frame_agreement"))]
+            + ["yes" if r["equal_quality"] else "no"]
             for p, r in q["precisions"].items()
         ],
     )
-    lines += ["", "**Compute** (GMAC per second of audio, counted with torch's FLOP counter, attention included)", ""]
-    lines += _table(
-        ["part", "GMAC/s"],
+    lines += _section(
+        "**Compute** (GMAC per second of audio, counted with torch's FLOP counter, attention included)",
+        "part|GMAC/s",
         [
             [k.replace("_gmacs_per_audio_second", ""), v]
             for k, v in macs.items()
             if k.endswith("_gmacs_per_audio_second")
         ],
     )
-    lines += ["", "**Speed** per %g s clip, %d prompt(s)" % (cfg["clip_seconds"], cfg["n_prompts"]), ""]
-    lines += _table(
-        ["route", "device", "precision", "batch", "s/clip", "x-realtime"],
-        [[r["route"], r["device"], r["precision"], r["batch"], r["s_per_clip"], r["x_realtime"]] for r in res["speed"]],
+    lines += _section(
+        "**Speed** per %g s clip, %d prompt(s)" % (cfg["clip_seconds"], cfg["n_prompts"]),
+        "route|device|precision|batch|s/clip|x-realtime",
+        [[r[k] for k in ("route", "device", "precision", "batch", "s_per_clip", "x_realtime")] for r in res["speed"]],
     )
-    lines += [
-        "",
+    lines += _section(
         "**Fast path, step by step** (masker only, %d windows x %d prompts)"
         % (cfg["speedup_batch"], cfg["ablation_prompts"]),
-        "",
-    ]
-    lines += _table(
-        ["step", "s", "x-realtime", "frame agreement vs published"],
+        "step|s|x-realtime|frame agreement vs published",
         [[r["step"], r["seconds"], r["x_realtime"], r["frame_agreement"]] for r in res["ablation"]],
     )
-    lines += [
-        "",
+    lines += _section(
         "**Separation job** (embedded Ray, %d clips, %.0f s audio as the job counted it; bare loop %.1fx "
         "realtime; a driver's first job also pays %.1f s of one-time set-up, not in these runs)"
         % (job["clips_written"], job["audio_seconds"], job["bare_loop_x_realtime"], job["cold_start_s"]),
-        "",
-    ]
-    lines += _table(
+        "actors|CPUs/actor|rows out|wall s|x-realtime|vs bare loop|s outside actor compute|peak actor RSS MB",
         [
-            "actors",
-            "CPUs/actor",
-            "rows out",
-            "wall s",
-            "x-realtime",
-            "vs bare loop",
-            "s outside actor compute",
-            "peak actor RSS MB",
-        ],
-        [
-            [
-                r["actors"],
-                r["cpus_per_actor"],
-                r["rows_out"],
-                r["wall_s"],
-                r["x_realtime"],
-                r["x_realtime"] / job["bare_loop_x_realtime"],
-                r["outside_compute_s"],
-                r["peak_actor_rss_mb"],
-            ]
+            [r["actors"], r["cpus_per_actor"], r["rows_out"], r["wall_s"], r["x_realtime"]]
+            + [r["x_realtime"] / job["bare_loop_x_realtime"], r["outside_compute_s"], r["peak_actor_rss_mb"]]
             for r in job["runs"]
         ],
     )
-    size = job["output_size"]
     lines += [
         "",
         "**Output size per row**: %.0f bytes with codes, %.0f bytes with `--emit scores` (scores and activity "
@@ -215,44 +175,23 @@ def to_markdown(res: dict) -> str:
             size["codes_bytes_per_row"] / size["scores_bytes_per_row"],
         ),
     ]
-    ing = res["ingest"]
-    lines += [
-        "",
+    lines += _section(
         "**Ingest job** (embedded Ray, 1 actor x 2 CPUs, %d wav files, %.0f s audio, half resampled from "
         "44.1 kHz)" % (ing["files"], ing["audio_seconds"]),
-        "",
-    ]
-    lines += _table(
-        ["wall s", "audio s per wall s", "encode only"],
+        "wall s|audio s per wall s|encode only",
         [[ing["wall_s"], ing["x_realtime"], ing["encode_only_x_realtime"]]],
     )
-    plan, ids = res["scale"]["planning"], res["scale"]["checkpoint_ids"]
-    lines += ["", "**Archives with many shards** (planning on loopback S3; Ray Data's checkpoint filter array)", ""]
-    lines += _table(
+    lines += _section(
+        "**Archives with many shards** (planning on loopback S3; Ray Data's checkpoint filter array)",
+        "shards planned|plan s|driver peak growth MB|ids|filter array MB|bytes/id|ids per filter actor",
         [
-            "shards planned",
-            "plan s",
-            "driver peak growth MB",
-            "ids",
-            "filter array MB",
-            "bytes/id",
-            "ids per filter actor",
-        ],
-        [
-            [
-                plan["shards"],
-                plan["plan_s"],
-                plan["driver_peak_growth_mb"],
-                ids["ids"],
-                ids["filter_array_mb"],
-                ids["bytes_per_id"],
-                ids["ids_per_filter_actor"],
-            ]
+            [plan["shards"], plan["plan_s"], plan["driver_peak_growth_mb"], ids["ids"], ids["filter_array_mb"]]
+            + [ids["bytes_per_id"], ids["ids_per_filter_actor"]]
         ],
     )
-    lines += ["", "**Time vs clip length** (one clip, in-process, %s)" % cfg["separator"]["precision"], ""]
-    lines += _table(
-        ["audio s", "wall s", "x-realtime"],
+    lines += _section(
+        "**Time vs clip length** (one clip, in-process, %s)" % cfg["separator"]["precision"],
+        "audio s|wall s|x-realtime",
         [[r["seconds_audio"], r["seconds"], r["x_realtime"]] for r in res["lengths"]],
     )
     return "\n".join(lines) + "\n"

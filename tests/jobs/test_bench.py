@@ -60,6 +60,8 @@ def test_bf16_holds_the_quality_rule_on_held_out_mixtures(quality_set):
 
 
 def test_bench_reports_every_target_from_this_run(bench):
+    from jobs.bench import report
+
     res, markdown = bench
     for key in (
         "separator_x_realtime",
@@ -71,6 +73,14 @@ def test_bench_reports_every_target_from_this_run(bench):
         assert math.isfinite(res[key]) and res[key] > 0, key
     assert len(res["summary"]["targets"]) == 4
     assert markdown.count("PASS") + markdown.count("FAIL") == 4
+    x_realtime_target = next(t for k, t in res["summary"]["targets"].items() if k.startswith("separator x-realtime"))
+    assert x_realtime_target["measured"] == res["separator_x_realtime"]
+
+    def target_rows(md: str) -> set[str]:
+        return {line for line in md.split("**Headline**")[0].splitlines() if line.endswith(("PASS |", "FAIL |"))}
+
+    reread = json.loads(json.dumps(res, sort_keys=True))  # bench.json as a reader gets it back
+    assert target_rows(report.to_markdown(reread)) == target_rows(markdown)  # each target beside its own figure
     assert "Precision at equal quality" in markdown and "short-clip / long-clip" in markdown
 
 
