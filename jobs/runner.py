@@ -116,13 +116,16 @@ class StageActor:
         if errors:
             parts.append(self._error_rows(errors))
         tally = dict(out.tally) if out is not None else {}
+        counts = {  # a stage whose rows include side rows (select's manifest) counts its rows_out itself
+            "rows_out": out.rows.num_rows if out is not None and out.rows is not None else 0,
+            **tally,
+        }
         self.tally.add.remote(
             rows=batch.num_rows,
-            rows_out=out.rows.num_rows if out is not None and out.rows is not None else 0,
             errors=early.num_rows + len(errors),
             process_s=time.perf_counter() - t0,
             peak_actor_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            **tally,
+            **counts,
         )
         if not parts:
             return pa.table({self.stage.key: pa.array([], pa.string()), sources.ERROR: pa.array([], pa.string())})

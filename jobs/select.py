@@ -6,29 +6,41 @@ sliced to the span's frames (no decode) and its id derived from the source id an
 (`storage.segments`). Codes come from the separated rows, or with `--codes-from` from the
 original archive (for a scores-only pass, or to cut the mixture instead of the separated
 target). A manifest, `_manifest.parquet`, lists every output row with its source id,
-prompt, start/end seconds and scores. Rerunning writes the same shards and ids.
+prompt, start/end seconds and scores.
 
-This runs on the driver with pyarrow, one input shard at a time.
+A stage on the one runner: the driver reads only the score columns of the separated shards
+(and the ids of the `--codes-from` archive), in parallel threads, and plans one item per
+selected row; the stage reads the codes it needs and returns the output rows with their
+manifest entries (to `_manifest/`, which the driver gathers into `_manifest.parquet` at the
+end). Resume, `_errors` and exactly-once are the runner's, keyed on the selected row's id:
+one output folder holds one selection, and a rerun adds only what is new.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import config as job_config
-from jobs.runtime import JobReport, run_cli
+from jobs.runner import Items, run_stage
+from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
+from jobs.sources import DIR, DONE_ONLY, ERROR, ERROR_ID, SOURCE
+from jobs.stage import ErrorRow, Stage, StageOutput
+from storage import fs as sfs
 from storage import segments, shards
 from storage.schema import CODE_SHARD_SCHEMA, DAC_SHARD_SCHEMA, MalformedCodes, codes_to_numpy, table_from_rows
 
 log = logging.getLogger("codecsep.select")
 
-STAGE = "select"
+KEY = "_selected_id"  # the selected row's id: the stage's key (a private column, in no data file)
+MANIFEST_PARTS = "_manifest"  # the runner's manifest rows, gathered into segments.MANIFEST_NAME
+SCORE_COLUMNS = ("id", "prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans")
 # Columns of a separated row that describe the separation, not the clip: left out of the output.
 SEPARATION_COLUMNS = ("prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans")
 
@@ -43,72 +55,78 @@ class SelectConfig:
     spans: bool = False  # one row per active span instead of whole rows
     codes_from: str | None = None  # take codes from this code-shard archive (joined on id)
     stem: str = "target"  # rows of this stem, when the input has a `stem` column
+    ray: RayOptions = field(default_factory=lambda: RayOptions(num_cpus_per_actor=1.0, batch_size=64))
+    run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
         job_config.require(self, ("input", "output", "prompt"))
         if not 0 <= self.min_active_fraction <= 1 or self.min_energy_kept < 0:
             raise ValueError("min_active_fraction must be in [0, 1] and min_energy_kept non-negative")
 
-
-def selected_rows(cfg: SelectConfig, table: pa.Table) -> pa.Table:
-    """The rows of one separated shard for the prompt (and stem) whose scores pass."""
-    names = table.column_names
-    needed = ["prompt", "energy_kept"] + (["active_fraction"] if cfg.min_active_fraction > 0 else [])
-    needed += ["active_spans"] if cfg.spans else []
-    missing = [c for c in needed if c not in names]
-    if missing:
-        activity = {"active_spans", "active_fraction"} & set(missing)
-        raise ValueError(
-            f"the input lacks column(s) {missing}: is it a separated dataset"
-            f"{' with activity columns' if activity else ''}?"
+    def needed_columns(self) -> tuple[str, ...]:
+        return (
+            ("id", "prompt", "energy_kept")
+            + (("active_fraction",) if self.min_active_fraction > 0 else ())
+            + (("active_spans",) if self.spans else ())
         )
-    keep = pc.field("prompt") == cfg.prompt
-    if "stem" in names:
-        keep &= pc.field("stem") == cfg.stem
-    keep &= pc.field("energy_kept") >= cfg.min_energy_kept
-    if cfg.min_active_fraction > 0:
-        keep &= pc.field("active_fraction") >= cfg.min_active_fraction
-    return table.filter(keep)
 
 
-class ArchiveCodes:
-    """Rows of a code-shard archive by id, reading only the shards that hold asked ids."""
-
-    def __init__(self, uri: str):
-        self.where: dict[str, str] = {}
-        for shard, ids in shards.iter_shards(uri, columns=["id"]):
-            for clip_id in ids["id"].to_pylist():
-                self.where.setdefault(clip_id, shard)
-        self._cache: tuple[str, dict[str, dict]] | None = None
-
-    def row(self, clip_id: str) -> dict:
-        shard = self.where.get(clip_id)
-        if shard is None:
-            raise KeyError(f"id {clip_id!r} is not in the --codes-from archive")
-        if self._cache is None or self._cache[0] != shard:
-            table = shards.read_table(shard)
-            self._cache = (shard, {r["id"]: r for r in table.to_pylist()})
-        return self._cache[1][clip_id]
+# --------------------------------------------------------------------------- stage
 
 
-def output_rows(cfg: SelectConfig, rows: list[dict], archive: ArchiveCodes | None) -> Iterator[tuple[dict, dict | str]]:
-    """(separated row, output row and its manifest entry | the reason it cannot be made)."""
-    for row in rows:
-        try:
-            clip = archive.row(row["id"]) if archive is not None else row
-            if clip.get("codes") is None:
-                raise ValueError("no codes: a scores-only row needs --codes-from ARCHIVE")
-            codes = codes_to_numpy(clip["codes"])
-            base = {k: v for k, v in clip.items() if k not in SEPARATION_COLUMNS}
-            if not cfg.spans:
-                out = {**base, "codes": codes}
-                yield row, (out, segments.manifest_row(out["id"], row, 0.0, segments.clip_seconds(out)))
+class SelectStage(Stage):
+    """Selected rows in (where their codes are and their scores), output rows and their
+    manifest entries out."""
+
+    name = "select"
+    key = KEY
+
+    def __init__(self, prompt: str, spans: bool):
+        self.prompt, self.spans = prompt, spans
+
+    def setup(self, device: str) -> None:
+        self._shard: tuple[str, pa.Table] | None = None  # the last shard read; items come sorted by shard
+
+    def process(self, batch: pa.Table) -> StageOutput:
+        rows, manifest, errors, audio_s = [], [], [], 0.0
+        for item in batch.to_pylist():
+            try:
+                made = list(self._outputs(item))
+            except (ValueError, KeyError, MalformedCodes) as e:
+                reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+                errors.append(ErrorRow(item[KEY], reason, item["codes_shard"], id=item["id"], prompt=self.prompt))
                 continue
-            for span in row["active_spans"] or []:
-                out, start_s, end_s = segments.slice_row(base, codes, span, hop_length(clip["codec"]))
-                yield row, (out, segments.manifest_row(out["id"], row, start_s, end_s))
-        except (ValueError, KeyError, MalformedCodes) as e:
-            yield row, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            for out, entry in made:
+                rows.append({**out, KEY: item[KEY]})
+                manifest.append({**entry, KEY: item[KEY], DIR: MANIFEST_PARTS})
+                audio_s += segments.clip_seconds(out)
+            if not made:  # no span: still done, so that a rerun does not read it again
+                manifest.append({KEY: item[KEY], DIR: DONE_ONLY})
+        manifest_schema = segments.MANIFEST_SCHEMA.append(pa.field(KEY, pa.string())).append(pa.field(DIR, pa.string()))
+        parts = [pa.Table.from_pylist(manifest, manifest_schema)]
+        if rows:
+            parts.insert(0, table_from_rows(rows, DAC_SHARD_SCHEMA if "dac_channels" in rows[0] else CODE_SHARD_SCHEMA))
+        table = pa.concat_tables(parts, promote_options="permissive")
+        return StageOutput(rows=table, errors=errors, tally={"rows_out": len(rows), "audio_s": audio_s})
+
+    def _clip(self, shard: str, index: int) -> dict:
+        if self._shard is None or self._shard[0] != shard:
+            self._shard = (shard, shards.read_table(shard))
+        return self._shard[1].slice(index, 1).to_pylist()[0]
+
+    def _outputs(self, item: dict) -> Iterator[tuple[dict, dict]]:
+        """(output row, its manifest entry) for each row or span the item selects."""
+        clip = self._clip(item["codes_shard"], item["codes_row"])
+        if clip.get("codes") is None:
+            raise ValueError("no codes: a scores-only row needs --codes-from ARCHIVE")
+        codes = codes_to_numpy(clip["codes"])
+        base = {k: v for k, v in clip.items() if k not in SEPARATION_COLUMNS}
+        if not self.spans:
+            yield {**base, "codes": codes}, segments.manifest_row(base["id"], item, 0.0, segments.clip_seconds(base))
+            return
+        for span in item["active_spans"] or []:
+            out, start_s, end_s = segments.slice_row(base, codes, span, hop_length(clip["codec"]))
+            yield out, segments.manifest_row(out["id"], item, start_s, end_s)
 
 
 def hop_length(codec: str) -> int:
@@ -119,40 +137,88 @@ def hop_length(codec: str) -> int:
     return DAC_CODECS[codec].hop_length
 
 
+# --------------------------------------------------------------------------- planning
+
+
+def selected_rows(cfg: SelectConfig, table: pa.Table) -> pa.Table:
+    """The rows of one shard's score table for the prompt (and stem) whose scores pass."""
+    keep = pc.field("prompt") == cfg.prompt
+    if "stem" in table.column_names:
+        keep &= pc.field("stem") == cfg.stem
+    keep &= pc.field("energy_kept") >= cfg.min_energy_kept
+    if cfg.min_active_fraction > 0:
+        keep &= pc.field("active_fraction") >= cfg.min_active_fraction
+    return table.filter(keep)
+
+
+def plan_shard(cfg: SelectConfig, shard: str) -> tuple[int, pa.Table | str]:
+    """-> (rows scanned, the selected rows with where their codes are | why the shard is unreadable)."""
+    try:
+        table = shards.read_present_columns(shard, SCORE_COLUMNS, required=cfg.needed_columns())
+    except shards.MissingColumns as e:
+        activity = " with activity columns" if cfg.spans or cfg.min_active_fraction > 0 else ""
+        raise ValueError(f"{shard}: {e}: is it a separated dataset{activity}?") from None
+    except pa.ArrowInvalid as e:
+        return 0, f"unreadable shard (not Parquet): {e}"
+    table = table.append_column("codes_row", pa.array(np.arange(table.num_rows), pa.int64()))
+    picked = selected_rows(cfg, table)
+    return table.num_rows, picked.append_column("codes_shard", pa.array([shard] * picked.num_rows, pa.string()))
+
+
+def archive_index(uri: str) -> dict[str, tuple[str, int]]:
+    """id -> (shard, row) of a code-shard archive, from its id columns alone."""
+    files = shards.list_shards(uri)
+    where: dict[str, tuple[str, int]] = {}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for shard, ids in zip(files, pool.map(lambda s: shards.read_present_columns(s, ["id"], ["id"]), files)):
+            for row, clip_id in enumerate(ids["id"].to_pylist()):
+                where.setdefault(clip_id, (shard, row))
+    return where
+
+
+def plan_items(cfg: SelectConfig) -> tuple[pa.Table, int]:
+    """-> (one item per selected row, plus error items: unreadable shards, ids twice, ids
+    missing from the archive; rows scanned)."""
+    files = shards.list_shards(cfg.input)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        planned = list(pool.map(lambda s: plan_shard(cfg, s), files))
+    scanned = sum(n for n, _ in planned)
+    tables = [t for _, t in planned if isinstance(t, pa.Table)]
+    items = pa.concat_tables(tables, promote_options="permissive").to_pylist() if tables else []
+    index = archive_index(cfg.codes_from) if cfg.codes_from else None
+    seen: set[str] = set()
+    for item in items:
+        item.update({KEY: item["id"], SOURCE: item["codes_shard"], ERROR_ID: item["id"], ERROR: None})
+        if item["id"] in seen:
+            item.update({KEY: f"{item['codes_shard']}#row{item['codes_row']}", ERROR: f"duplicate id {item['id']!r}"})
+        elif index is not None and item["id"] not in index:
+            item[ERROR] = f"id {item['id']!r} is not in the --codes-from archive"
+        elif index is not None:
+            item["codes_shard"], item["codes_row"] = index[item["id"]]
+        seen.add(item["id"])
+    items += [
+        {KEY: s, SOURCE: s, ERROR: t, "codes_shard": s} for s, (_, t) in zip(files, planned) if isinstance(t, str)
+    ]
+    items.sort(key=lambda it: (it["codes_shard"], it.get("codes_row") or 0))
+    return pa.Table.from_pylist(items), scanned
+
+
+def gather_manifest(output: str) -> str:
+    """The manifest parts of every run, as one `_manifest.parquet` (sorted by id); -> its URI."""
+    parts = sfs.join(output, MANIFEST_PARTS)
+    rows = shards.read_table(parts).to_pylist() if sfs.exists(parts) else []
+    return segments.write_manifest(output, rows)
+
+
 def run(cfg: SelectConfig) -> JobReport:
     cfg.check()
-    t0 = time.perf_counter()
-    report = JobReport(STAGE)
-    archive = None
-    if cfg.codes_from:
-        with report.stage("index_archive"):
-            archive = ArchiveCodes(cfg.codes_from)
-    manifest, errors, audio_s = [], [], 0.0
-    with shards.ShardWriter(cfg.output, STAGE) as writer:
-        for shard, table in shards.iter_shards(cfg.input):
-            if archive is not None and "codes" in table.column_names:
-                table = table.drop_columns(["codes"])  # the archive's codes are used
-            picked = selected_rows(cfg, table)
-            report.rows_in += table.num_rows
-            good = []
-            for row, made in output_rows(cfg, picked.to_pylist(), archive):
-                if isinstance(made, str):
-                    errors.append(
-                        {"id": row["id"], "source": shard, "stage": STAGE, "prompt": cfg.prompt, "reason": made}
-                    )
-                    continue
-                good.append(made[0])
-                manifest.append(made[1])
-                audio_s += made[0]["n_samples"] / made[0]["sample_rate"]
-            if good:
-                schema = DAC_SHARD_SCHEMA if "dac_channels" in good[0] else CODE_SHARD_SCHEMA
-                writer.write(table_from_rows(good, schema))
-    manifest_uri = segments.write_manifest(cfg.output, manifest)
-    shards.write_errors(cfg.output, errors, STAGE)
-    report.rows_out, report.errors = len(manifest), len(errors)
-    report.audio_hours = audio_s / 3600
-    report.wall_s = time.perf_counter() - t0
-    report.extra = {"output": cfg.output, "manifest": manifest_uri, "prompt": cfg.prompt, "spans": cfg.spans}
+    report = JobReport(SelectStage.name)
+    with report.stage("plan"):
+        items, scanned = plan_items(cfg)
+    log.info("select: %d of %d rows selected for %r", items.num_rows, scanned, cfg.prompt)
+    report.extra.update(prompt=cfg.prompt, spans=cfg.spans, rows_scanned=scanned)
+    run_stage(SelectStage(cfg.prompt, cfg.spans), Items(items), cfg.output, cfg.ray, cfg.run, report)
+    report.extra["manifest"] = gather_manifest(cfg.output)
     return report
 
 
@@ -165,11 +231,12 @@ def parse_args(argv: list[str] | None) -> SelectConfig:
     p.add_argument("--min-energy-kept", type=float, help="keep rows whose energy_kept is at least this")
     p.add_argument("--spans", action="store_true", default=None, help="one output row per active span")
     p.add_argument("--codes-from", help="code-shard archive to take the codes from (joined on id)")
+    add_ray_arguments(p, batch_help="selected rows per actor call")
     return p.parse_config(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(STAGE, lambda: run(parse_args(argv)).emit(), argv)
+    return run_cli("select", lambda: run(parse_args(argv)).emit(), argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ written whole (`storage.fs.write_bytes_atomic`), so no reader sees half a shard.
 Columns whose names start with '_' are the pipeline's own (`sources.ERROR`, `sources.SOURCE`,
 `DIR`, ...) and never reach a data file. A row's `DIR` value, when the stage sets one,
 names the sub-folder of the output it goes to (prepare-train's `train/` and `val/`,
-export's `_manifest/`).
+export's and select's `_manifest/`), with the columns those rows fill (`folder_columns`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from ray.data.block import BlockAccessor
 from ray.data.datasource.file_datasink import BlockBasedFileDatasink
 
-from jobs.sources import DIR, ERROR, ERROR_ID, ERROR_PROMPT, SOURCE
+from jobs.sources import DIR, DONE_ONLY, ERROR, ERROR_ID, ERROR_PROMPT, SOURCE
 from storage import fs as sfs
 from storage import shards
 from storage.schema import ERRORS_SCHEMA
@@ -44,11 +44,12 @@ class ShardSink(BlockBasedFileDatasink):
         name = self.filename_provider.get_filename_for_task(ctx.kwargs[WRITE_UUID_KWARG_NAME], ctx.task_idx)
         table = block.to_arrow()
         failed = pc.is_valid(table[ERROR])
-        good = table.filter(pc.invert(failed))
-        folders = good[DIR].unique().to_pylist() if DIR in good.column_names else [""]
-        for folder in folders:
-            rows = good.filter(pc.equal(good[DIR], folder)) if folder else good
-            self._put(sfs.join(self.output, folder or "", name), rows.select(public_columns(rows)))
+        parts = by_folder(table.filter(pc.invert(failed)))
+        for folder, rows in parts.items():
+            if folder == DONE_ONLY:
+                continue
+            others = [t for f, t in parts.items() if f != folder]
+            self._put(sfs.join(self.output, folder, name), rows.select(folder_columns(rows, others)))
         self._put(sfs.join(self.output, shards.ERRORS_DIR, name), self.error_table(table.filter(failed)))
 
     def error_table(self, rows: pa.Table) -> pa.Table:
@@ -70,3 +71,24 @@ class ShardSink(BlockBasedFileDatasink):
 
 def public_columns(table: pa.Table) -> list[str]:
     return [c for c in table.column_names if not c.startswith("_")]
+
+
+def by_folder(rows: pa.Table) -> dict[str, pa.Table]:
+    """Rows by the output sub-folder their `DIR` names ("" for the output folder itself)."""
+    if DIR not in rows.column_names:
+        return {"": rows}
+    return {
+        folder or "": rows.filter(pc.is_null(rows[DIR]) if folder is None else pc.equal(rows[DIR], folder))
+        for folder in rows[DIR].unique().to_pylist()
+    }
+
+
+def folder_columns(rows: pa.Table, others: list[pa.Table]) -> list[str]:
+    """The public columns of one folder's rows. A block may hold rows of different kinds
+    (select's segments and their manifest entries): a column null throughout these rows
+    that other folders' rows fill is theirs, not this folder's."""
+
+    def fills(table: pa.Table, column: str) -> bool:
+        return column in table.column_names and table[column].null_count < table.num_rows
+
+    return [c for c in public_columns(rows) if fills(rows, c) or not any(fills(t, c) for t in others)]

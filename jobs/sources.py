@@ -31,6 +31,7 @@ SOURCE = "_source"  # the input file a row came from
 ERROR_ID = "_error_id"  # clip id of an error row (null for a file with no rows to name)
 ERROR_PROMPT = "_error_prompt"  # prompt an error row is about, if one
 DIR = "_dir"  # sub-folder of the output a row is written to
+DONE_ONLY = "_done"  # a DIR for a row that only marks its key done (an input that yields nothing): written nowhere
 
 
 def _mark(table: pa.Table, source: str) -> pa.Table:

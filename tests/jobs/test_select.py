@@ -76,7 +76,8 @@ def datasets(tmp_path):
 
 
 def run_select(*args):
-    return select.run(select.parse_args(list(args)))
+    """With an error budget of 1: the fixture's chunked row is refused on purpose."""
+    return select.run(select.parse_args([*args, "--max-error-fraction", "1"]))
 
 
 def test_span_segments_decode_to_their_exact_length_with_stable_ids(datasets, tmp_path, ray_session, dac_weights):
@@ -88,7 +89,10 @@ def test_span_segments_decode_to_their_exact_length_with_stable_ids(datasets, tm
     rows = {r["id"]: r for r in shards.read_table(out).to_pylist()}
     manifest = pd.read_parquet(f"{out}/{segments.MANIFEST_NAME}")
     assert sorted(rows) == sorted(manifest["id"]) and set(manifest["prompt"]) == {"dog"}
-    assert "prompt" not in next(iter(rows.values()))  # the code-shard schema, not a separated one
+    columns = set(next(iter(rows.values())))
+    assert "prompt" not in columns  # the code-shard schema, not a separated one
+    assert not columns & {"source_id", "start_s", "energy_kept"}  # manifest columns stay in the manifest
+    assert "codes" not in shards.read_table(f"{out}/_manifest").column_names  # its parts hold no codes
     for m in manifest.itertuples():
         row, clip = rows[m.id], datasets["clips"][m.source_id]
         assert m.id == segments.segment_id(m.source_id, m.start_s, m.end_s)
@@ -102,7 +106,7 @@ def test_span_segments_decode_to_their_exact_length_with_stable_ids(datasets, tm
 
     first_manifest = pq.read_table(f"{out}/{segments.MANIFEST_NAME}")
     again = run_select("--input", datasets["separated"], "--output", out, "--prompt", "dog", "--spans")
-    assert again.rows_out == 4
+    assert (again.rows_out, again.errors, again.skipped_done) == (0, 0, 4)  # resumed: nothing left to do
     assert sorted(r["id"] for r in shards.read_table(out).to_pylist()) == sorted(rows)
     assert pq.read_table(f"{out}/{segments.MANIFEST_NAME}").equals(first_manifest)
 
@@ -147,6 +151,6 @@ def test_whole_rows_by_score_with_codes_from_the_archive(datasets, tmp_path):
     assert (manifest["source_id"], manifest["start_s"]) == ("a", 0.0)
     assert manifest["end_s"] == pytest.approx((150 * HOP - 100) / RATE)
 
-    report = select.run(select.SelectConfig(input=scores_only, output=str(tmp_path / "x"), prompt="dog"))
+    report = run_select("--input", scores_only, "--output", str(tmp_path / "x"), "--prompt", "dog")
     assert report.rows_out == 0 and report.errors == 4
     assert "codes-from" in shards.read_errors(str(tmp_path / "x")).to_pylist()[0]["reason"]
