@@ -14,9 +14,9 @@ target's prompt, so training and evaluation run in code space. Two input layouts
   random `segment_seconds` excerpts, random gains in `mixing.gain_db`.
 
 Mixture and stems get one gain (the mixture normalised to -16 LUFS, as DAC's `compress`
-does, then peak-limited), so a target's codes are of the stem as heard in the mixture.
-Codes come from the DAC encoder (`codecsep_core.dac_codec`). Rows go to DST/train and
-DST/val (split by clip, `val_fraction`); `keep_audio=true` also stores the mixture and
+does, then peak-limited: `codecsep_core.mixing`), so a target's codes are of the stem as
+heard in the mixture. Codes come from the DAC encoder (`codecsep_core.dac_codec`). Rows
+go to DST/train and DST/val (split by clip, `val_fraction`); `keep_audio=true` also stores the mixture and
 stem audio at the codec rate, which waveform metrics (evaluate) and the SI-SDR loss use.
 
 The driver plans one work item per mixture (all random draws made there, seeded); the
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from codecsep_core import mixing
 from jobs import config as job_config
 from jobs import resolve
 from jobs.runner import Items, run_stage
@@ -187,7 +188,7 @@ def detect_layout(src: str) -> str:
     return "dnr" if any(posixpath.basename(u) == "mix.wav" for u in sfs.list_files(src, ["mix.wav"])) else "generic"
 
 
-# --------------------------------------------------------------------------- mixing
+# --------------------------------------------------------------------------- reading stems
 
 
 def dnr_labels(annots: bytes, start_s: float, stop_s: float) -> list[str]:
@@ -214,27 +215,9 @@ def dnr_labels(annots: bytes, start_s: float, stop_s: float) -> list[str]:
     return list(dict.fromkeys(labels))
 
 
-def excerpt(audio: np.ndarray, n: int, offset_fraction: float) -> np.ndarray:
-    """n samples of mono audio from a random position; zero-padded when shorter."""
-    start = int(offset_fraction * max(0, audio.shape[0] - n))
-    out = np.zeros(n, np.float32)
-    part = audio[start : start + n]
-    out[: part.shape[0]] = part
-    return out
-
-
 def mono(data: bytes) -> tuple[np.ndarray, int]:
     audio, rate = read_audio(data)
     return audio.mean(axis=0), rate
-
-
-def normalise(mix: np.ndarray, stems: list[np.ndarray], rate: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One gain for all: mixture to -16 LUFS (DAC's compress), then its peaks to <= 1."""
-    from codecsep_core.dac_codec import NORMALIZE_DB, loudness_db
-
-    gain = 10.0 ** ((NORMALIZE_DB - loudness_db(mix[None], rate)) / 20.0)
-    gain /= max(1.0, float(np.abs(mix).max()) * gain)
-    return (mix * gain).astype(np.float32), [(s * gain).astype(np.float32) for s in stems]
 
 
 # --------------------------------------------------------------------------- stage
@@ -291,7 +274,9 @@ class PrepareStage(Stage):
             if rate is not None and stem_rate != rate:
                 raise ValueError(f"{uri} is at {stem_rate} Hz, other stems at {rate} Hz")
             rate = stem_rate
-            stem = excerpt(audio, int(round(self.segment_seconds * rate)), offset) * np.float32(10 ** (gain_db / 20))
+            stem = mixing.excerpt(audio, int(round(self.segment_seconds * rate)), offset) * np.float32(
+                10 ** (gain_db / 20)
+            )
             targets.append((posixpath.splitext(posixpath.basename(uri))[0], caption, stem))
         return np.sum([t[2] for t in targets], axis=0), targets, rate
 
@@ -302,7 +287,7 @@ class PrepareStage(Stage):
         codec_rate = self.codec.info.sample_rate
         mix = resample(mix[None], rate, codec_rate)[0]
         stems = [resample(s[None], rate, codec_rate)[0] for _, _, s in targets]
-        mix, stems = normalise(mix, stems, codec_rate)
+        mix, stems = mixing.normalise(mix, stems, codec_rate)
         mix_codes = self.codec.encode(mix[None], codec_rate)[0]
         rows = []
         for (name, prompt, _), stem in zip(targets, stems):
