@@ -16,8 +16,9 @@ target's prompt, so training and evaluation run in code space. Two input layouts
 Mixture and stems get one gain (the mixture normalised to -16 LUFS, as DAC's `compress`
 does, then peak-limited: `codecsep_core.mixing`), so a target's codes are of the stem as
 heard in the mixture. Codes come from the DAC encoder (`codecsep_core.dac_codec`). Rows
-go to DST/train and DST/val (split by clip, `val_fraction`); `keep_audio=true` also stores the mixture and
-stem audio at the codec rate, which waveform metrics (evaluate) and the SI-SDR loss use.
+go to DST/train and DST/val (split by clip, `val_fraction`); `keep_audio=true` also stores
+the mixture and stem audio at the codec rate, which waveform metrics (evaluate) and the
+SI-SDR loss use.
 
 The driver plans one work item per mixture (all random draws made there, seeded); the
 stage reads and mixes the audio, encodes it, and returns its rows, which the runner writes
