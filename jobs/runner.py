@@ -223,7 +223,7 @@ def run_stage(
         )
     if isinstance(inputs, Shards):
         with report.stage("list_inputs"):
-            files = sfs.list_files(inputs.uri, [".parquet"], s3)
+            files = sfs.list_file_sizes(inputs.uri, [".parquet"], s3)
         total, what = len(files), "shard(s)"
     else:
         files, total, what = [], inputs.table.num_rows, "item(s)"

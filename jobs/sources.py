@@ -12,6 +12,7 @@ storage are not data problems: they raise, and the job stops.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 
 import numpy as np
@@ -66,31 +67,86 @@ def _keyed(table: pa.Table, key: str, source: str, first_row: int) -> list[pa.Ta
     return blocks
 
 
-def _read_shards(files: list[str], key: str, rows_per_block: int, s3: sfs.S3Options, tally):
-    """Fetching a shard's bytes is storage (a failure stops the job); parsing them is data
-    (a failure is the shard's error row). Shards are bounded (storage.shards), so whole."""
-    for uri in files:
-        data = sfs.read_bytes(uri, s3)
+WHOLE_SHARD_BYTES = 64 * 2**20
+READ_BUFFER_BYTES = 2**20
+
+
+class _StorageReadFailed(Exception):
+    """A read of a shard's bytes failed: storage's failure (`__cause__`), not the data's."""
+
+
+class _TaggedReads(io.RawIOBase):
+    """A shard file whose failed reads say so, so that anything else pyarrow raises while
+    parsing is the data's fault (a corrupt footer is a plain OSError in pyarrow)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._storage(self.f.seek, offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def readinto(self, buffer) -> int:
+        data = self._storage(self.f.read, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    @staticmethod
+    def _storage(call, *args):
         try:
-            parquet = pq.ParquetFile(pa.BufferReader(data))
-            if key not in parquet.schema_arrow.names:
-                raise ValueError(f"no {key!r} column")
-            tables = [pa.Table.from_batches([b]) for b in parquet.iter_batches(batch_size=rows_per_block)]
-        except (pa.ArrowException, OSError, ValueError) as e:
-            yield error_block(key, [uri], uri, f"unreadable shard (not a Parquet file of rows with {key!r}): {e}")
-            tables = []
-        first = 0
-        for table in tables:
+            return call(*args)
+        except Exception as e:
+            raise _StorageReadFailed() from e
+
+
+def _parse_shard(source, uri: str, key: str, rows_per_block: int):
+    """Blocks of one shard's rows; a parse failure is the shard's error row (the whole
+    shard, or what follows the last block read). -> rows read."""
+    first = 0
+    try:
+        parquet = pq.ParquetFile(source, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)  # row group by row group
+        if key not in parquet.schema_arrow.names:
+            raise ValueError(f"no {key!r} column")
+        for batch in parquet.iter_batches(batch_size=rows_per_block):
+            table = pa.Table.from_batches([batch])
             yield from _keyed(table, key, uri, first)
             first += table.num_rows
+    except _StorageReadFailed as e:
+        raise e.__cause__ from None
+    except (pa.ArrowException, OSError, ValueError) as e:
+        where = f" after row {first}" if first else ""
+        yield error_block(key, [uri], uri, f"unreadable shard{where} (not a Parquet file of rows with {key!r}): {e}")
+    return first
+
+
+def _read_shards(files: list[tuple[str, int]], key: str, rows_per_block: int, s3: sfs.S3Options, tally):
+    """Fetching a shard's bytes is storage (a failure stops the job); parsing them is data.
+    A shard up to WHOLE_SHARD_BYTES comes in one request; a larger one (a user's own
+    Parquet file) in ranges, footer then row groups, so it never sits whole in memory."""
+    for uri, size in files:
+        if size <= WHOLE_SHARD_BYTES:
+            first = yield from _parse_shard(pa.BufferReader(sfs.read_bytes(uri, s3)), uri, key, rows_per_block)
+        else:
+            fs, path = sfs.resolve(uri, s3)
+            with fs.open(path, "rb", block_size=READ_BUFFER_BYTES * 8) as f:
+                first = yield from _parse_shard(_TaggedReads(f), uri, key, rows_per_block)
         if tally is not None:
             tally.add.remote(rows_read=max(first, 1))
 
 
 class ShardsSource(Datasource):
-    """Every row of the Parquet shards `files`, in blocks of `rows_per_block` rows."""
+    """Every row of the Parquet shards `files` ((URI, size) from the listing), in blocks of
+    `rows_per_block` rows."""
 
-    def __init__(self, files: list[str], key: str, rows_per_block: int, s3: sfs.S3Options, tally=None):
+    def __init__(self, files: list[tuple[str, int]], key: str, rows_per_block: int, s3: sfs.S3Options, tally=None):
         super().__init__()
         self.files, self.key, self.rows_per_block, self.s3, self.tally = files, key, rows_per_block, s3, tally
 
@@ -98,17 +154,14 @@ class ShardsSource(Datasource):
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
-        groups = [
-            list(g)
-            for g in np.array_split(np.array(self.files, dtype=object), max(1, min(parallelism, len(self.files))))
-        ]
+        bounds = np.array_split(np.arange(len(self.files)), max(1, min(parallelism, len(self.files))))
+        groups = [self.files[b[0] : b[-1] + 1] for b in bounds if len(b)]
         read = functools.partial(
             _read_shards, key=self.key, rows_per_block=self.rows_per_block, s3=self.s3, tally=self.tally
         )
         return [
-            ReadTask(functools.partial(read, group), BlockMetadata(None, None, None, input_files=group))
+            ReadTask(functools.partial(read, group), BlockMetadata(None, None, None, input_files=[u for u, _ in group]))
             for group in groups
-            if group
         ]
 
 

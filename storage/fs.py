@@ -155,20 +155,25 @@ def list_files(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = No
     end with one of `suffixes` (any name when empty), skipping every path with a part
     below `uri` that starts with '.' or '_'. A `uri` that is a file is its only entry; a
     missing `uri` raises FileNotFoundError (an empty folder gives [])."""
+    return [u for u, _ in list_file_sizes(uri, suffixes, s3)]
+
+
+def list_file_sizes(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = None) -> list[tuple[str, int]]:
+    """`list_files` with each file's size in bytes, from the same listing requests."""
     fs, root = resolve(uri, s3)
     fs.invalidate_cache(root)  # listings must see what other processes wrote since
     if not fs.exists(root):
         raise FileNotFoundError(f"{uri} does not exist")
     suffixes = tuple(suffixes)
     if fs.isfile(root):
-        return [uri] if not suffixes or root.endswith(suffixes) else []
+        return [(uri, int(fs.size(root)))] if not suffixes or root.endswith(suffixes) else []
     prefix = root.rstrip("/") + "/"
     found = []
-    for path in fs.find(root):
+    for path, info in fs.find(root, detail=True).items():
         rel = path[len(prefix) :]
         if not any(is_hidden(part) for part in rel.split("/")) and (not suffixes or rel.endswith(suffixes)):
-            found.append(rel)
-    return [join(uri, rel) for rel in sorted(found)]
+            found.append((rel, int(info["size"])))
+    return [(join(uri, rel), size) for rel, size in sorted(found)]
 
 
 def pyarrow_filesystem(uri: str, s3: S3Options | None = None):

@@ -102,3 +102,30 @@ def test_a_permanent_storage_fault_is_reported_in_one_clear_line(permanent_fault
     }[fault]
     line = [x for x in run.output.splitlines() if x.startswith("codecsep separate: error:")]
     assert line and words in line[0].lower(), f"{fault}: {run.output[-1500:]}"
+
+
+def test_storage_failing_a_shard_read_in_ranges_stops_the_read_and_is_no_error_row(s3_server, monkeypatch):
+    """A large input shard is read in ranges (`jobs.sources`): a read the storage fails
+    between the footer and the rows is storage's failure, never the shard's error row."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.sources import WHOLE_SHARD_BYTES, _read_shards
+    from storage import fs as sfs
+
+    uri = f"{new_bucket(s3_server)}/in/big.parquet"
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": [f"c{i}" for i in range(40)], "x": list(range(40))}), buf, row_group_size=10)
+    sfs.write_bytes_atomic(uri, buf.getvalue())
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no retries: the fault is met at once
+    plan = FaultPlan(rate=1.0, kinds=("500",), methods=("GET",), paths=r"big\.parquet$")  # HEAD passes: open works
+
+    blocks = []
+    with FaultProxy(s3_server, plan) as proxy, pytest.raises(OSError):
+        for block in _read_shards(
+            [(uri, WHOLE_SHARD_BYTES + 1)], "id", 4, sfs.S3Options(endpoint_url=proxy.endpoint), None
+        ):
+            blocks.append(block)
+    assert blocks == [] and proxy.counts["500"] >= 1
