@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import resource
 import threading
@@ -69,14 +70,23 @@ def _tally_actor():
 
     @ray.remote(num_cpus=0)
     class Tally:
-        """Counters the read tasks and stage actors report; `peak_*` keep the maximum."""
+        """Counters the read tasks and stage actors report, once per `part` (a shard, a
+        batch): a part counted again (a retried task, a block Ray recomputes after a node
+        loss) replaces its earlier counts, so the report counts each row once. `peak_*`
+        keep the maximum."""
 
         def __init__(self):
             self.totals: dict[str, float] = {}
+            self.parts: dict[str, dict[str, float]] = {}
 
-        def add(self, **values):
+        def add(self, part: str, **values):
+            before = self.parts.get(part, {})
+            self.parts[part] = values
             for k, v in values.items():
-                self.totals[k] = max(self.totals.get(k, 0), v) if k.startswith("peak_") else self.totals.get(k, 0) + v
+                if k.startswith("peak_"):
+                    self.totals[k] = max(self.totals.get(k, 0), v)
+                else:
+                    self.totals[k] = self.totals.get(k, 0) + v - before.get(k, 0)
 
         def get(self):
             return self.totals
@@ -121,6 +131,7 @@ class StageActor:
             **tally,
         }
         self.tally.add.remote(
+            "batch:" + batch_digest(batch, self.stage.key),
             rows=batch.num_rows,
             errors=early.num_rows + len(errors),
             process_s=time.perf_counter() - t0,
@@ -141,6 +152,12 @@ class StageActor:
                 ERROR_PROMPT: pa.array([e.prompt for e in errors], pa.string()),
             }
         )
+
+
+def batch_digest(batch: pa.Table, key: str) -> str:
+    """The same input rows give the same digest, whichever task or actor runs them."""
+    rows = zip(batch[key].to_pylist(), batch[sources.SOURCE].to_pylist())
+    return hashlib.sha1("\x00".join(f"{k}\x01{s}" for k, s in rows).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- driver

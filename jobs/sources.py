@@ -139,7 +139,7 @@ def _read_shards(files: list[tuple[str, int]], key: str, rows_per_block: int, s3
             with fs.open(path, "rb", block_size=READ_BUFFER_BYTES * 8) as f:
                 first = yield from _parse_shard(_TaggedReads(f), uri, key, rows_per_block)
         if tally is not None:
-            tally.add.remote(rows_read=max(first, 1))
+            tally.add.remote(f"read:{uri}", rows_read=max(first, 1))
 
 
 class ShardsSource(Datasource):
@@ -165,9 +165,9 @@ class ShardsSource(Datasource):
         ]
 
 
-def _read_items(table: pa.Table, tally):
+def _read_items(table: pa.Table, first: int, tally):
     if tally is not None:
-        tally.add.remote(rows_read=table.num_rows)
+        tally.add.remote(f"items:{first}", rows_read=table.num_rows)
     yield table
 
 
@@ -189,7 +189,7 @@ class ItemsSource(Datasource):
         n, step = self.items.num_rows, self.rows_per_block
         return [
             ReadTask(
-                functools.partial(_read_items, self.items.slice(a, step), self.tally),
+                functools.partial(_read_items, self.items.slice(a, step), a, self.tally),
                 BlockMetadata(min(step, n - a), None, None, input_files=None),
             )
             for a in range(0, n, step)
