@@ -311,15 +311,7 @@ def test_a_5_1_wav_ingests_as_six_rows(ray_session, dac_weights, tmp_path):
 def test_export_retry_errors_makes_failed_files_due_again(ray_session, tmp_path):
     """An export error's key is the output file, not the clip id: `--retry-errors` must
     make exactly those files due again (and keep their error rows until they are redone)."""
-    dac = DacFile(
-        codes=np.zeros((1, 12, 20), np.uint16),
-        chunk_length=20,
-        original_length=6400,
-        input_db=-20.0,
-        channels=1,
-        sample_rate=16000,
-        padding=True,
-    )
+    dac = read_dac(_dac_file(12))
     rows = dac_to_rows(dac, "good", DAC_CODECS["dac_16khz"])
     bad = [{**r, "codes": np.full((12, 20), 4096, np.uint16)} for r in dac_to_rows(dac, "bad", DAC_CODECS["dac_16khz"])]
     with shards.ShardWriter(str(tmp_path / "codes"), "a") as w:
