@@ -11,7 +11,8 @@
 - Stage: a callable class on an actor pool (`ActorPoolStrategy(min, max)`), one `setup()`
   per actor on its device; rows that are errors before any stage sees them skip `process`.
 - Sink: `jobs.sinks.ShardSink`, output rows to shards and error rows to `_errors/`.
-- Tally and progress: actors add their counters to one small actor; the driver polls it,
+- Tally and progress: read tasks and actors add their counters to one small actor, per
+  part (a shard, a batch), so work Ray runs again is counted once; the driver polls it,
   logs progress, and stops a job that completes nothing for `stall_timeout_s` (every wait
   is bounded). The report is built from the tally, never from assumptions.
 """
