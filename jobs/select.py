@@ -13,11 +13,13 @@ A stage on the one runner: the driver reads only the score columns of the separa
 selected row; the stage reads the codes it needs and returns the output rows with their
 manifest entries (to `_manifest/`, which the driver gathers into `_manifest.parquet` at the
 end). Resume, `_errors` and exactly-once are the runner's, keyed on the selected row's id:
-one output folder holds one selection, and a rerun adds only what is new.
+one output folder holds one selection (`_selection.json`; a run with other settings is
+refused), and a rerun adds only what is new.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,8 @@ log = logging.getLogger("codecsep.select")
 
 KEY = "_selected_id"  # the selected row's id: the stage's key (a private column, in no data file)
 MANIFEST_PARTS = "_manifest"  # the runner's manifest rows, gathered into segments.MANIFEST_NAME
+SELECTION_FILE = "_selection.json"  # the settings an output folder was selected with
+SELECTION_KEYS = ("input", "prompt", "stem", "min_active_fraction", "min_energy_kept", "spans", "codes_from")
 SCORE_COLUMNS = ("id", "prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans")
 # Columns of a separated row that describe the separation, not the clip: left out of the output.
 SEPARATION_COLUMNS = ("prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans")
@@ -210,8 +214,23 @@ def gather_manifest(output: str) -> str:
     return segments.write_manifest(output, rows)
 
 
+def claim_output(cfg: SelectConfig) -> None:
+    """Record the selection in `OUTPUT/_selection.json`, or refuse an output folder that
+    holds another one: resume would skip every id already selected there."""
+    settings = {k: getattr(cfg, k) for k in SELECTION_KEYS}
+    uri = sfs.join(cfg.output, SELECTION_FILE)
+    if sfs.exists(uri):
+        held = json.loads(sfs.read_bytes(uri))
+        if held != settings:
+            differ = ", ".join(f"{k}={held.get(k)!r}" for k in SELECTION_KEYS if held.get(k) != settings[k])
+            raise ValueError(f"{cfg.output} holds another selection ({differ}): choose another --output")
+        return
+    sfs.write_bytes_atomic(uri, json.dumps(settings, indent=1).encode())
+
+
 def run(cfg: SelectConfig) -> JobReport:
     cfg.check()
+    claim_output(cfg)
     report = JobReport(SelectStage.name)
     with report.stage("plan"):
         items, scanned = plan_items(cfg)

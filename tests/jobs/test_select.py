@@ -151,6 +151,9 @@ def test_whole_rows_by_score_with_codes_from_the_archive(datasets, tmp_path):
     assert (manifest["source_id"], manifest["start_s"]) == ("a", 0.0)
     assert manifest["end_s"] == pytest.approx((150 * HOP - 100) / RATE)
 
+    with pytest.raises(ValueError, match=r"holds another selection \(prompt='rain', min_active_fraction=0.3"):
+        run_select("--input", scores_only, "--output", out, "--prompt", "dog", "--codes-from", datasets["archive"])
+
     report = run_select("--input", scores_only, "--output", str(tmp_path / "x"), "--prompt", "dog")
     assert report.rows_out == 0 and report.errors == 4
     assert "codes-from" in shards.read_errors(str(tmp_path / "x")).to_pylist()[0]["reason"]
