@@ -186,6 +186,13 @@ def quiet_library_noise() -> None:
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
+def quiet_worker_logs() -> None:
+    """Set up every worker of an embedded Ray: Ray Train's placement-group cleaner asks the
+    State API, which embedded Ray (no dashboard) does not serve, whether the training
+    controller lives, and logs a warning each time it cannot tell, all through training."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def local_logical_cpus() -> int:
     return (os.cpu_count() or 1) + 2
 
@@ -203,12 +210,14 @@ def init_ray(options: RayOptions):
             # Two logical CPUs more than the machine has: Ray Data's checkpoint filter actor
             # and the read tasks each hold one while I/O-light, and without the spare slots
             # they deadlock against the stage's actors on a small machine.
+            quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG  # -v shows everything
             ray.init(
                 address="local",
                 num_cpus=local_logical_cpus(),
                 include_dashboard=False,
                 log_to_driver=True,
                 logging_level="WARNING",
+                runtime_env={"worker_process_setup_hook": "jobs.runtime.quiet_worker_logs"} if quiet else None,
             )
         log.info("ray: %s", "connected to " + options.address if options.address else "embedded local cluster")
     return ray

@@ -33,6 +33,8 @@ def test_the_demo_runs_every_job_and_leaves_their_outputs(tmp_path):
     assert len(list((out / "wav").rglob("*.wav"))) == separated.num_rows
     assert (out / "report.html").stat().st_size > 0 and list((out / "figures").glob("*.png"))
     assert "RANDOM-WEIGHT DAC" in done.stdout and "FIXED RANDOM VECTORS" in done.stdout
+    output = done.stdout + done.stderr  # what a person reads: no warning repeated by every worker (-v shows them)
+    assert "Failed to query Ray Train Controller" not in output and "FutureWarning" not in output
     manifest = pq.read_table(out / "segments" / "_manifest.parquet")
     segment_files = [f for f in (out / "segments").glob("*.parquet") if not f.name.startswith("_")]
     segment_ids = [i for f in segment_files for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]
