@@ -118,26 +118,22 @@ class StageActor:
         out = self.stage.process(todo) if todo.num_rows else None
         kept = [c for c in (self.stage.key, sources.SOURCE, sources.ERROR, ERROR_ID) if c in early.column_names]
         parts = [early.select(kept)] if early.num_rows else []
-        if out is not None and out.rows is not None and out.rows.num_rows:
-            rows = out.rows
-            if sources.ERROR not in rows.column_names:
-                rows = rows.append_column(sources.ERROR, pa.nulls(rows.num_rows, pa.string()))
-            parts.append(rows)
+        for rows in (out.rows, out.side) if out is not None else ():
+            if rows is not None and rows.num_rows:
+                if sources.ERROR not in rows.column_names:
+                    rows = rows.append_column(sources.ERROR, pa.nulls(rows.num_rows, pa.string()))
+                parts.append(rows)
         errors = out.errors if out is not None else []
         if errors:
             parts.append(self._error_rows(errors))
-        tally = dict(out.tally) if out is not None else {}
-        counts = {  # a stage whose rows include side rows (select's manifest) counts its rows_out itself
-            "rows_out": out.rows.num_rows if out is not None and out.rows is not None else 0,
-            **tally,
-        }
         self.tally.add.remote(
             "batch:" + batch_digest(batch, self.stage.key),
             rows=batch.num_rows,
+            rows_out=out.rows.num_rows if out is not None and out.rows is not None else 0,
             errors=early.num_rows + len(errors),
             process_s=time.perf_counter() - t0,
             peak_actor_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            **counts,
+            **(out.tally if out is not None else {}),
         )
         if not parts:
             return pa.table({self.stage.key: pa.array([], pa.string()), sources.ERROR: pa.array([], pa.string())})
@@ -196,7 +192,7 @@ def forget_errors(output: str, checkpoint_uri: str, stage: Stage, s3: sfs.S3Opti
     keys: set = set()
     mine = []
     for uri in shards.list_shards(errors_uri, s3):
-        table = shards.read_table(uri, s3=s3)
+        table = shards.read_table(uri, columns=["stage", "key"], s3=s3)
         rows = table.filter(pc.equal(table["stage"], stage.name))
         if rows.num_rows:
             keys.update(rows["key"].to_pylist())

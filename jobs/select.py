@@ -44,6 +44,7 @@ KEY = "_selected_id"  # the selected row's id: the stage's key (a private column
 MANIFEST_PARTS = "_manifest"  # the runner's manifest rows, gathered into segments.MANIFEST_NAME
 SELECTION_FILE = "_selection.json"  # the settings an output folder was selected with
 SELECTION_KEYS = ("input", "prompt", "stem", "min_active_fraction", "min_energy_kept", "spans", "codes_from")
+MANIFEST_ROWS = segments.MANIFEST_SCHEMA.append(pa.field(KEY, pa.string())).append(pa.field(DIR, pa.string()))
 SCORE_COLUMNS = ("id", "prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans")
 # Columns of a separated row that describe the separation, not the clip: left out of the output.
 SEPARATION_COLUMNS = ("prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans")
@@ -106,12 +107,13 @@ class SelectStage(Stage):
                 audio_s += segments.clip_seconds(out)
             if not made:  # no span: still done, so that a rerun does not read it again
                 manifest.append({KEY: item[KEY], DIR: DONE_ONLY})
-        manifest_schema = segments.MANIFEST_SCHEMA.append(pa.field(KEY, pa.string())).append(pa.field(DIR, pa.string()))
-        parts = [pa.Table.from_pylist(manifest, manifest_schema)]
-        if rows:
-            parts.insert(0, table_from_rows(rows, DAC_SHARD_SCHEMA if "dac_channels" in rows[0] else CODE_SHARD_SCHEMA))
-        table = pa.concat_tables(parts, promote_options="permissive")
-        return StageOutput(rows=table, errors=errors, tally={"rows_out": len(rows), "audio_s": audio_s})
+        table = (
+            table_from_rows(rows, DAC_SHARD_SCHEMA if "dac_channels" in rows[0] else CODE_SHARD_SCHEMA)
+            if rows
+            else None
+        )
+        side = pa.Table.from_pylist(manifest, MANIFEST_ROWS)
+        return StageOutput(rows=table, errors=errors, side=side, tally={"audio_s": audio_s})
 
     def _clip(self, shard: str, index: int) -> dict:
         if self._shard is None or self._shard[0] != shard:

@@ -35,10 +35,13 @@ class ErrorRow:
 @dataclass
 class StageOutput:
     """What `process` returns: output rows (carrying the stage's key column), error rows,
-    and counters the runner sums over the job (e.g. `audio_s`, per-step seconds)."""
+    and counters the runner sums over the job (e.g. `audio_s`, per-step seconds). `side`
+    rows are written like output rows (to the folder their `_dir` names) but are not
+    counted as output: select's manifest entries, `_done` markers."""
 
     rows: pa.Table | None = None
     errors: list[ErrorRow] = field(default_factory=list)
+    side: pa.Table | None = None
     tally: dict[str, float] = field(default_factory=dict)
 
 

@@ -340,10 +340,10 @@ def _validate(model, tables, loss_of, data: _Data, to_device) -> dict:
 # --------------------------------------------------------------------------- driver
 
 
-def read_split(ray, uri: str, with_audio: bool):
+def read_split(ray, files: list[str], with_audio: bool):
     columns = ["prompt", "mix_codes", "target_codes"] + (["target_audio"] if with_audio else [])
-    fs, _ = sfs.pyarrow_filesystem(uri)
-    paths = [sfs.resolve(u)[1] for u in shards.list_shards(uri)]
+    fs, _ = sfs.pyarrow_filesystem(files[0])
+    paths = [sfs.resolve(u)[1] for u in files]
     return ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)  # projection is pushed into the read
 
 
@@ -352,15 +352,17 @@ def run(cfg: TrainConfig) -> JobReport:
     report = JobReport("train")
     t_start = time.perf_counter()
     train_uri, val_uri = sfs.join(cfg.data, "train"), sfs.join(cfg.data, "val")
-    if not shards.list_shards(train_uri):
+    train_files = shards.list_shards(train_uri)
+    if not train_files:
         raise ValueError(f"no training shards in {train_uri} (run codecsep prepare-train first)")
-    has_val = sfs.exists(val_uri) and bool(shards.list_shards(val_uri))
+    val_files = shards.list_shards(val_uri) if sfs.exists(val_uri) else []
+    has_val = bool(val_files)
     with report.stage("prompts"):
         table = prepare_prompts(cfg)
     with report.stage("codec_tables"):
         tables_uri = prepare_tables(cfg)
     latest = latest_checkpoint(cfg.output)
-    has_audio = "target_audio" in shards.column_names(shards.list_shards(train_uri)[0])
+    has_audio = "target_audio" in shards.column_names(train_files[0])
     ray = init_ray(cfg.ray)
     from ray.data import DataContext
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -368,9 +370,9 @@ def run(cfg: TrainConfig) -> JobReport:
 
     DataContext.get_current().enable_progress_bars = False
     with_audio = cfg.loss == "sisdr" and has_audio
-    datasets = {"train": read_split(ray, train_uri, with_audio)}
+    datasets = {"train": read_split(ray, train_files, with_audio)}
     if has_val:
-        datasets["val"] = read_split(ray, val_uri, with_audio)
+        datasets["val"] = read_split(ray, val_files, with_audio)
     resolve.check_cluster_gpus(ray, cfg.ray.num_gpus_per_actor)
     loop_cfg = {
         "cfg": cfg,

@@ -14,6 +14,7 @@ import logging
 import posixpath
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,11 +159,18 @@ def write_table_atomic(uri: str, table: pa.Table, s3: S3Options | None = None, c
     write_bytes_atomic(uri, buf.getvalue(), s3)
 
 
-def column_names(uri: str, s3: S3Options | None = None) -> list[str]:
-    """One shard's columns, from its footer alone."""
+@contextmanager
+def _parquet_file(uri: str, s3: S3Options | None) -> Iterator[pq.ParquetFile]:
+    """One shard opened for ranged reads: its footer first, then only what is read."""
     fs, path = resolve(uri, s3)
     with fs.open(path, "rb") as f:
-        return pq.ParquetFile(f).schema_arrow.names
+        yield pq.ParquetFile(f)
+
+
+def column_names(uri: str, s3: S3Options | None = None) -> list[str]:
+    """One shard's columns, from its footer alone."""
+    with _parquet_file(uri, s3) as parquet:
+        return parquet.schema_arrow.names
 
 
 class MissingColumns(ValueError):
@@ -175,9 +183,7 @@ def read_present_columns(
     """Those of `wanted` that one shard has (its footer says which), read without the
     rest, so an index or a score table never pulls in the codes. Raises `MissingColumns`
     when any of `required` is absent, and pyarrow's ArrowInvalid when it is not Parquet."""
-    fs, path = resolve(uri, s3)
-    with fs.open(path, "rb") as f:
-        parquet = pq.ParquetFile(f)
+    with _parquet_file(uri, s3) as parquet:
         names = parquet.schema_arrow.names
         missing = [c for c in required if c not in names]
         if missing:
