@@ -189,8 +189,27 @@ def quiet_library_noise() -> None:
 def quiet_worker_logs() -> None:
     """Set up every worker of an embedded Ray: Ray Train's placement-group cleaner asks the
     State API, which embedded Ray (no dashboard) does not serve, whether the training
-    controller lives, and logs a warning each time it cannot tell, all through training."""
+    controller lives, and logs a warning each time it cannot tell, all through training.
+    Ray Train's workers also log every `report` at INFO through a logger named after its
+    file path, which `LoggingConfig` (it filters `ray.train.*`) does not reach."""
+    import ray
+
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    context = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
+    logging.getLogger(context).setLevel(logging.WARNING)
+
+
+# Workers of an embedded Ray without -v: Ray Data's per-dataset INFO lines (execution plan,
+# "progress bars disabled", "execution finished") stay in its log files.
+QUIET_WORKERS = {
+    "worker_process_setup_hook": "jobs.runtime.quiet_worker_logs",
+    "env_vars": {"RAY_DATA_LOG_LEVEL": "WARNING"},
+}
+
+
+def verbose() -> bool:
+    """Whether the CLI was given -v: Ray's own INFO lines are shown only then."""
+    return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
 
 
 def local_logical_cpus() -> int:
@@ -210,14 +229,13 @@ def init_ray(options: RayOptions):
             # Two logical CPUs more than the machine has: Ray Data's checkpoint filter actor
             # and the read tasks each hold one while I/O-light, and without the spare slots
             # they deadlock against the stage's actors on a small machine.
-            quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG  # -v shows everything
             ray.init(
                 address="local",
                 num_cpus=local_logical_cpus(),
                 include_dashboard=False,
                 log_to_driver=True,
                 logging_level="WARNING",
-                runtime_env={"worker_process_setup_hook": "jobs.runtime.quiet_worker_logs"} if quiet else None,
+                runtime_env=None if verbose() else QUIET_WORKERS,
             )
         log.info("ray: %s", "connected to " + options.address if options.address else "embedded local cluster")
     return ray

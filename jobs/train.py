@@ -30,7 +30,7 @@ import numpy as np
 
 from jobs import config as job_config
 from jobs import resolve
-from jobs.runtime import JobReport, RayOptions, init_ray, run_cli, setup_logging
+from jobs.runtime import JobReport, RayOptions, init_ray, run_cli, setup_logging, verbose
 from storage import fs as sfs
 from storage import shards
 
@@ -365,7 +365,7 @@ def run(cfg: TrainConfig) -> JobReport:
     has_audio = "target_audio" in shards.column_names(train_files[0])
     ray = init_ray(cfg.ray)
     from ray.data import DataContext
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     DataContext.get_current().enable_progress_bars = False
@@ -395,6 +395,7 @@ def run(cfg: TrainConfig) -> JobReport:
         run_config=RunConfig(
             name=f"codecsep-train-{int(time.time())}",
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
             storage_path=cfg.ray_storage_path or tempfile.gettempdir() + "/codecsep-ray-train",
         ),
     )
@@ -402,7 +403,7 @@ def run(cfg: TrainConfig) -> JobReport:
         result = trainer.fit()
     if result.error is not None:
         raise result.error
-    report.rows_in = shards.read_table(train_uri, columns=["id"]).num_rows
+    report.rows_in = shards.count_rows(train_uri)
     report.extra = {
         "output": cfg.output,
         "masker": sfs.join(cfg.output, "masker.safetensors"),

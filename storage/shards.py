@@ -152,6 +152,15 @@ def read_table(
     return dataset.replace_schema(schema).to_table(columns=columns, filter=filter)
 
 
+def count_rows(uri: str, s3: S3Options | None = None) -> int:
+    """Rows in all shards under `uri`, from their footers alone (no column is read)."""
+    uris = list_shards(uri, s3)
+    if not uris:
+        return 0
+    fs, _ = resolve(uri, s3)
+    return ds.dataset([resolve(u, s3)[1] for u in uris], filesystem=fs, format="parquet").count_rows()
+
+
 def write_table_atomic(uri: str, table: pa.Table, s3: S3Options | None = None, compression: str = "zstd") -> None:
     """One Parquet file, written whole (`fs.write_bytes_atomic`): readers never see half of it."""
     buf = io.BytesIO()

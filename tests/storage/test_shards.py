@@ -12,6 +12,7 @@ from storage.shards import (
     ShardOptions,
     ShardWriter,
     column_names,
+    count_rows,
     list_shards,
     read_errors,
     read_present_columns,
@@ -188,3 +189,11 @@ def test_an_index_reads_the_columns_a_shard_has_and_never_the_codes(root):
     assert index["id"].to_pylist() == table["id"].to_pylist()
     with pytest.raises(MissingColumns, match="'energy_kept'"):
         read_present_columns(uri, ["id"], required=["energy_kept"])
+
+
+def test_count_rows_adds_up_every_shard_and_is_zero_for_an_empty_folder(root):
+    for i, n in enumerate((3, 5)):
+        write_table_atomic(fs.join(root, "split", f"part-{i}.parquet"), clips(n)[1])
+    assert count_rows(fs.join(root, "split")) == 8
+    write_table_atomic(fs.join(root, "other", "_errors", "part-0.parquet"), clips(2)[1])
+    assert count_rows(fs.join(root, "other")) == 0  # hidden folders hold no data shards
