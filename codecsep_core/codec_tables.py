@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from codecsep_core import model_io
 
 FORMAT = "codecsep.codec_tables.v1"
+CPU_FRAMES_PER_PASS = 1024  # re-quantization block on a CPU: [1024, 1024] fp32 is 4 MB
 
 
 @dataclass(frozen=True)
@@ -218,12 +219,20 @@ class CodecTables:
         # Frames-major [B*T, D] matmuls: the same sums as DAC's 1x1 convs, without oneDNN's
         # per-call reorders of a channels-first latent (those cost 6-10x the arithmetic).
         # Row-major whatever the input's layout: with one clip, reshape would return a
-        # column-major view, and each stage's 1024-wide subtraction would then stride
-        # across it (measured: 2.3 s instead of 0.9 s for 16,000 frames).
+        # column-major view, and each stage's 1024-wide subtraction would stride across it.
         residual = latent.float().transpose(1, 2).reshape(b * t, d).contiguous()
+        # Each frame is quantized on its own, so on a CPU the frames go through all stages a
+        # block at a time: a block's residual and distances stay in cache from one step to
+        # the next (measured 2.3x faster for 16,000 frames), and the codes do not change.
+        block = CPU_FRAMES_PER_PASS if residual.device.type == "cpu" else b * t
+        codes = torch.cat([self._quantize_frames(r, n_q) for r in residual.split(block)])
+        return codes.view(b, t, n_q).transpose(1, 2).contiguous()
+
+    def _quantize_frames(self, residual: torch.Tensor, n_q: int) -> torch.Tensor:
+        """residual [N, D] -> codes [N, n_q]."""
         codes = []
         for i in range(n_q):
-            z_e = F.linear(residual, self.in_w[i, :, :, 0], self.in_b[i])  # [B*T, d]
+            z_e = F.linear(residual, self.in_w[i, :, :, 0], self.in_b[i])  # [N, d]
             enc = F.normalize(z_e)
             # DAC's |e|^2 - 2 e.c + |c|^2, in place and in its rounding order (scaling by 2
             # and negating are exact), so codes stay equal to DAC's.
@@ -233,5 +242,5 @@ class CodecTables:
             z_q = F.embedding(idx, self.codebooks[i])
             z_q = z_e + (z_q - z_e)  # DAC's straight-through expression, kept for equality
             residual = residual - F.linear(z_q, self.out_w[i, :, :, 0], self.out_b[i])
-            codes.append(idx.view(b, t))
+            codes.append(idx)
         return torch.stack(codes, dim=1)

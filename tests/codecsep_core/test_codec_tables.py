@@ -37,6 +37,18 @@ def test_quantize_matches_dac_quantizer_codes_exactly(dac16, tables):
     assert torch.equal(tables.quantize(z[1:].transpose(1, 2).contiguous().transpose(1, 2)), expected[1:])
 
 
+def test_quantize_in_frame_blocks_matches_dac_on_a_long_clip(dac16, tables):
+    """A clip longer than one CPU block (`CPU_FRAMES_PER_PASS`) is quantized a block at a
+    time; its codes are DAC's, block edges included."""
+    from codecsep_core.codec_tables import CPU_FRAMES_PER_PASS
+
+    torch.manual_seed(4)
+    z = torch.randn(1, 1024, 2 * CPU_FRAMES_PER_PASS + 77)
+    with torch.no_grad():
+        expected = dac16.quantizer(z)[1]
+    assert torch.equal(tables.quantize(z), expected)
+
+
 def test_quantize_of_lookup_round_trips_codes_through_dac(dac16, tables):
     codes = torch.randint(0, 1024, (1, 12, 100), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
