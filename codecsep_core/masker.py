@@ -108,6 +108,17 @@ def attention_mask(valid: torch.Tensor | None, segments: torch.Tensor | None) ->
     return None if valid is None or bool(valid.all()) else valid[:, None, None, :]
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a linear layer's output has here: autocast's, when it is on."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as SDPA converts it: 0 where attending is allowed, -inf elsewhere."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention on SDPA (fused kernels), with a key padding mask.
     Parameter layout as nn.MultiheadAttention (packed in_proj, out_proj)."""
@@ -201,6 +212,8 @@ class Masker(nn.Module):
         return x + (pe if segments is None else pe[segment_positions(segments)])
 
     def _from_width(self, x: torch.Tensor, cond: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        if attn_mask is not None:  # SDPA would turn a boolean mask into this in every layer
+            attn_mask = additive_mask(attn_mask, compute_dtype(x))
         for layer in self.layers:
             x = layer(x, cond, attn_mask)
         if self.training or torch.is_grad_enabled() or not self.fold_tail:

@@ -14,6 +14,7 @@ state costs.
 from __future__ import annotations
 
 import io
+import logging
 import resource
 import time
 import uuid
@@ -37,6 +38,7 @@ def measure_planning(cfg: BenchConfig) -> dict:
 
     from storage import fs as sfs
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the server logs each request at INFO
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
