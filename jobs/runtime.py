@@ -199,8 +199,8 @@ def quiet_worker_logs() -> None:
     logging.getLogger(context).setLevel(logging.WARNING)
 
 
-# Workers of an embedded Ray without -v: Ray Data's per-dataset INFO lines (execution plan,
-# "progress bars disabled", "execution finished") stay in its log files.
+# Workers of an embedded Ray without -v: Ray Data's per-dataset INFO lines (where its logs
+# are, the execution plan, "execution finished") stay in its log files.
 QUIET_WORKERS = {
     "worker_process_setup_hook": "jobs.runtime.quiet_worker_logs",
     "env_vars": {"RAY_DATA_LOG_LEVEL": "WARNING"},

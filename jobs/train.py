@@ -403,7 +403,7 @@ def run(cfg: TrainConfig) -> JobReport:
         result = trainer.fit()
     if result.error is not None:
         raise result.error
-    report.rows_in = shards.count_rows(train_uri)
+    report.rows_in = shards.count_rows(train_files)
     report.extra = {
         "output": cfg.output,
         "masker": sfs.join(cfg.output, "masker.safetensors"),

@@ -145,20 +145,20 @@ def read_table(
     uris = list_shards(uri, s3)
     if not uris:
         return pa.table({})
-    fs, _ = resolve(uri, s3)
-    paths = [resolve(u, s3)[1] for u in uris]
-    dataset = ds.dataset(paths, filesystem=fs, format="parquet")
+    dataset = _dataset(uris, s3)
     schema = pa.unify_schemas([f.physical_schema for f in dataset.get_fragments()], promote_options="permissive")
     return dataset.replace_schema(schema).to_table(columns=columns, filter=filter)
 
 
-def count_rows(uri: str, s3: S3Options | None = None) -> int:
-    """Rows in all shards under `uri`, from their footers alone (no column is read)."""
-    uris = list_shards(uri, s3)
-    if not uris:
-        return 0
-    fs, _ = resolve(uri, s3)
-    return ds.dataset([resolve(u, s3)[1] for u in uris], filesystem=fs, format="parquet").count_rows()
+def count_rows(shard_uris: Sequence[str], s3: S3Options | None = None) -> int:
+    """Rows in these shards (as `list_shards` gives them), from their footers alone."""
+    return _dataset(shard_uris, s3).count_rows() if shard_uris else 0
+
+
+def _dataset(shard_uris: Sequence[str], s3: S3Options | None) -> ds.Dataset:
+    """The shards as one pyarrow dataset, on the filesystem of the first."""
+    fs, _ = resolve(shard_uris[0], s3)
+    return ds.dataset([resolve(u, s3)[1] for u in shard_uris], filesystem=fs, format="parquet")
 
 
 def write_table_atomic(uri: str, table: pa.Table, s3: S3Options | None = None, compression: str = "zstd") -> None:
