@@ -1,9 +1,27 @@
-"""`codecsep <job> ...`: one entry point, one module per job (`python -m jobs.<job>` too)."""
+"""`codecsep <job> ...`: the one entry point over the job modules, and the exit codes.
+
+Each job module has `command(argv)` (parse, run, print the report); `python -m jobs.<job>`
+comes here too. Failures are raised where they happen (the engine's `errors`, the model
+wrappers' own) and turned into exit codes only here (README "Exit codes").
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
+import traceback
+from collections.abc import Callable
+
+from jobs.engine import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STALLED,
+    EXIT_USAGE,
+    JobFailed,
+    JobStalled,
+    UsageError,
+    failure_reason,
+)
 
 JOBS = {
     "ingest": "audio or .dac files -> code shards",
@@ -26,16 +44,44 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def run_cli(job: str, body: Callable[[], None], argv: list[str]) -> int:
+    """A job's command with the exit codes of the README: 2 for bad settings (one line, no
+    traceback), 3 over the error budget, 4 stalled, 1 for any other failure (storage,
+    network, credentials, GPUs, a bug), with a one-line reason."""
+    from codecsep_core.dac_codec import DacWeightsUnavailable
+    from codecsep_core.prompt_encoder import PromptEncoderUnavailable
+
+    try:
+        body()
+    except JobFailed as e:
+        e.report.emit()
+        print(f"codecsep {job}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except JobStalled as e:
+        print(f"codecsep {job}: stalled: {e}", file=sys.stderr)
+        return EXIT_STALLED
+    except (ValueError, KeyError, FileNotFoundError, UsageError, PromptEncoderUnavailable, DacWeightsUnavailable) as e:
+        print(f"codecsep {job}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - the CLI's last resort: one line, exit 1
+        if {"-v", "--verbose"} & set(argv):
+            traceback.print_exc()
+        print(f"codecsep {job}: error: {failure_reason(e)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
-        return 0 if argv else 2
+        return EXIT_OK if argv else EXIT_USAGE
     job, rest = argv[0], argv[1:]
     if job not in JOBS:
         print(f"codecsep: unknown job {job!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    return importlib.import_module(f"jobs.{job.replace('-', '_')}").main(rest)
+        return EXIT_USAGE
+    module = importlib.import_module(f"jobs.{job.replace('-', '_')}")
+    return run_cli(job, lambda: module.command(rest), rest)
 
 
 if __name__ == "__main__":

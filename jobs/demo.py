@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs import config as job_config
-from jobs.runtime import RayOptions, init_ray, run_cli
+from jobs.engine import JobParser, RayOptions, check_cluster_gpus, init_ray
 
 log = logging.getLogger("codecsep.demo")
 
@@ -63,7 +62,11 @@ def codec_weights(out: Path, seed: int) -> tuple[Path, bool]:
 
 
 def ray_overrides(cfg: DemoConfig) -> list[str]:
-    return [f"ray.num_cpus_per_actor={cfg.ray.num_cpus_per_actor}"]
+    """The demo's Ray settings, passed on to every job it runs (a GPU user's demo runs on GPUs)."""
+    return [
+        f"ray.num_cpus_per_actor={cfg.ray.num_cpus_per_actor}",
+        f"ray.num_gpus_per_actor={cfg.ray.num_gpus_per_actor}",
+    ]
 
 
 def write_mixtures(heldout: str, folder: Path) -> None:
@@ -127,19 +130,19 @@ def run(cfg: DemoConfig) -> str:
 
     t0 = time.perf_counter()
     out = Path(cfg.output).resolve()
+    check_cluster_gpus(init_ray(cfg.ray), cfg.ray.num_gpus_per_actor)  # before minutes of CPU work
     weights, official = codec_weights(out, cfg.seed)
     random_codec = (
         "RANDOM-WEIGHT DAC 16 kHz (fixed seed), its latent and quantizer fitted to generated audio, "
         "its decoder random (waveform SI-SDR is meaningless): no official weights on this machine"
     )
     notes = [f"codec: {'official DAC 16 kHz weights' if official else random_codec} ({weights})"]
-    init_ray(cfg.ray)
-    fast = ray_overrides(cfg)
+    ray_args = ray_overrides(cfg)
     synthetic.write_sources(out / "sources" / "train", cfg.train_sources_per_kind, cfg.clip_seconds, seed=cfg.seed)
     synthetic.write_sources(
         out / "sources" / "heldout", cfg.heldout_sources_per_kind, cfg.clip_seconds, seed=cfg.seed + 1
     )
-    common = [f"segment_seconds={cfg.segment_seconds}", *synthetic.EVERY_KIND_MIXING, *fast]
+    common = [f"segment_seconds={cfg.segment_seconds}", *synthetic.EVERY_KIND_MIXING, *ray_args]
     prepare_train.run(
         prepare_train.parse_args(
             [
@@ -187,7 +190,7 @@ def run(cfg: DemoConfig) -> str:
                 f"optimizer.lr={cfg.learning_rate}",
                 f"segment_frames={round(cfg.segment_seconds * 50) + 2}",
                 f"seed={cfg.seed}",
-                *fast,
+                *ray_args,
             ]
         )
     )
@@ -201,7 +204,9 @@ def run(cfg: DemoConfig) -> str:
         )
     )
     write_mixtures(heldout, out / "mixtures")
-    ingest.run(ingest.parse_args([str(out / "mixtures"), str(out / "codes"), "--codec-weights", str(weights), *fast]))
+    ingest.run(
+        ingest.parse_args([str(out / "mixtures"), str(out / "codes"), "--codec-weights", str(weights), *ray_args])
+    )
     models = [
         "--masker",
         str(run_dir / "masker.safetensors"),
@@ -209,7 +214,7 @@ def run(cfg: DemoConfig) -> str:
         str(run_dir / "codec_tables.safetensors"),
         "--prompt-table",
         str(run_dir / "prompts.parquet"),
-        *fast,
+        *ray_args,
     ]
     separate.run(
         separate.parse_args(
@@ -257,7 +262,9 @@ def run(cfg: DemoConfig) -> str:
             ]
         )
     )
-    export.run(export.parse_args([str(out / "separated"), str(out / "wav"), "--codec-weights", str(weights), *fast]))
+    export.run(
+        export.parse_args([str(out / "separated"), str(out / "wav"), "--codec-weights", str(weights), *ray_args])
+    )
     segments = select.run(
         select.parse_args(
             ["--input", str(out / "separated"), "--output", str(out / "segments"), "--prompt", "tone", "--spans"]
@@ -287,14 +294,19 @@ def run(cfg: DemoConfig) -> str:
 
 
 def parse_args(argv: list[str] | None) -> DemoConfig:
-    p = job_config.JobParser("demo", DemoConfig, __doc__.splitlines()[0])
+    p = JobParser("demo", DemoConfig, __doc__.splitlines()[0])
     p.add_argument("--output", help="output folder (local)")
     return p.parse_config(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("demo", lambda: print(run(parse_args(argv))), argv)
+def command(argv: list[str]) -> None:
+    """`codecsep demo`: parse, run, print the report (exit codes: jobs.cli)."""
+    print(run(parse_args(argv)))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["demo", *sys.argv[1:]]))

@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from codecsep_core import SeparatorConfig
-from jobs import config as job_config
 from jobs import resolve
-from jobs.runtime import JobReport, run_cli
+from jobs.engine import JobParser, JobReport, require
 from storage import fs as sfs
 from storage import shards
 
@@ -70,7 +69,7 @@ class EvaluateConfig:
     threads: int = 2  # torch threads
 
     def check(self) -> None:
-        job_config.require(self, ("input", "output", "masker"), "codecsep evaluate DATA OUTPUT --masker M")
+        require(self, ("input", "output", "masker"), "codecsep evaluate DATA OUTPUT --masker M")
         if not (self.codec_tables or self.codec_weights):
             raise ValueError("set codec_tables or codec_weights")
 
@@ -203,7 +202,7 @@ def run(cfg: EvaluateConfig) -> tuple[JobReport, str]:
 
 
 def parse_args(argv: list[str] | None) -> EvaluateConfig:
-    p = job_config.JobParser(
+    p = JobParser(
         "evaluate",
         EvaluateConfig,
         __doc__.splitlines()[0],
@@ -217,16 +216,18 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
     return p.parse_config(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    def body():
-        cfg = parse_args(argv)
-        cfg.check()
-        report, md = run(cfg)
-        print(md)
-        report.emit()
-
-    return run_cli("evaluate", body, argv)
+def command(argv: list[str]) -> None:
+    """`codecsep evaluate`: parse, run, print the table and the report (exit codes: jobs.cli)."""
+    cfg = parse_args(argv)
+    cfg.check()
+    report, md = run(cfg)
+    print(md)
+    report.emit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["evaluate", *sys.argv[1:]]))

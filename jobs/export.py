@@ -26,9 +26,7 @@ every file is written atomically, so a crash never leaves a partial one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -36,17 +34,29 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from jobs import config as job_config
 from jobs import resolve
 from jobs.decode import dac_bytes, decode_rows, with_dac_defaults
-from jobs.runner import Items, checkpoint_uri, run_stage
-from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
-from jobs.sources import DIR, ERROR, ERROR_ID, SOURCE
-from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
+from jobs.engine import (
+    SRC_DST,
+    BadInput,
+    ErrorRow,
+    Items,
+    JobParser,
+    JobReport,
+    RayOptions,
+    RunOptions,
+    Stage,
+    StageOutput,
+    add_ray_arguments,
+    in_folder,
+    require,
+    run_stage,
+)
 from storage import fs as sfs
 from storage import shards
 from storage.audio import encode_audio
 from storage.dacfile import dac_source_id
+from storage.exported import file_name, prompt_slugs
 from storage.schema import MalformedCodes, codes_to_numpy, validate_row
 
 log = logging.getLogger("codecsep.export")
@@ -71,7 +81,7 @@ class ExportConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
-        job_config.require(self, ("input", "output"), "codecsep export SRC DST")
+        require(self, ("input", "output"), "codecsep export SRC DST")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.window_seconds <= 0:
@@ -86,6 +96,7 @@ class ExportStage(Stage):
 
     name = "export"
     key = "id"  # the file's path under the output folder
+    folders = (MANIFEST_DIR,)
 
     def __init__(self, output: str, fmt: str, subtype: str, weights: bytes | None, window_seconds: float):
         self.output, self.fmt, self.subtype = output, fmt, subtype
@@ -121,10 +132,9 @@ class ExportStage(Stage):
                     "prompt": item["prompt"],
                     "seconds": seconds,
                     "format": self.fmt,
-                    DIR: MANIFEST_DIR,
                 }
             )
-        rows = pa.Table.from_pylist(manifest, MANIFEST_SCHEMA) if manifest else None
+        rows = in_folder(pa.Table.from_pylist(manifest, MANIFEST_SCHEMA), MANIFEST_DIR) if manifest else None
         return StageOutput(rows=rows, errors=errors, tally=dict(tally))
 
     def _rows(self, item: dict) -> list[dict]:
@@ -183,26 +193,11 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("prompt", pa.string()),
         pa.field("seconds", pa.float64()),
         pa.field("format", pa.string()),
-        pa.field(DIR, pa.string()),
     ]
 )
 
 
 # --------------------------------------------------------------------------- planning
-
-
-def prompt_slugs(prompts: set[str]) -> dict[str, str]:
-    """A file-name-safe name per prompt; prompts that would share one get a digest suffix."""
-
-    def slug(p: str) -> str:
-        return re.sub(r"[^a-z0-9]+", "_", p.lower()).strip("_")[:64] or "prompt"
-
-    counts: dict[str, int] = defaultdict(int)
-    for p in prompts:
-        counts[slug(p)] += 1
-    return {
-        p: slug(p) if counts[slug(p)] == 1 else f"{slug(p)}-{hashlib.sha1(p.encode()).hexdigest()[:8]}" for p in prompts
-    }
 
 
 def read_keys(shard: str) -> pa.Table | str:
@@ -220,7 +215,7 @@ def _safe_id(clip_id: str) -> bool:
     return bool(clip_id) and not clip_id.startswith("/") and ".." not in parts and "" not in parts
 
 
-def plan_files(src: str, ext: str) -> tuple[pa.Table, set[str]]:
+def plan_files(src: str, ext: str) -> tuple[Items, set[str]]:
     """-> (one item per output file, plus error items for unreadable shards and unsafe ids;
     the codecs the rows name). Shard keys are read in parallel threads (I/O bound)."""
     groups: dict[tuple[str, str | None, str | None], list[tuple[str, int]]] = defaultdict(list)
@@ -229,56 +224,38 @@ def plan_files(src: str, ext: str) -> tuple[pa.Table, set[str]]:
     with ThreadPoolExecutor(max_workers=16) as pool:
         for shard, keys in zip(files, pool.map(read_keys, files)):
             if isinstance(keys, str):
-                errors.append(
-                    {
-                        "id": shard,
-                        "clip_id": None,
-                        "prompt": None,
-                        "shards": [shard],
-                        "rows": [],
-                        ERROR: keys,
-                        SOURCE: shard,
-                        ERROR_ID: None,
-                    }
-                )
+                errors.append(ErrorRow(shard, keys, shard, named=False))
                 continue
             if "codec" in keys.column_names:
                 codecs.update(c for c in keys["codec"].unique().to_pylist() if c is not None)
             for index, row in enumerate(keys.to_pylist()):
                 base = dac_source_id(row) if row.get("dac_channels") is not None else row["id"]
                 groups[(base, row.get("prompt"), row.get("stem"))].append((shard, index))
-    slugs = prompt_slugs({p for _, p, _ in groups if p is not None})
+    slugs = prompt_slugs(p for _, p, _ in groups if p is not None)
     items = []
     for (base, prompt, stem), refs in groups.items():
-        item = {"clip_id": base, "prompt": prompt, "shards": [s for s, _ in refs], "rows": [i for _, i in refs]}
+        shard, row = refs[0]
         if base is None or not _safe_id(base):
-            errors.append(
-                {
-                    **item,
-                    "id": f"{refs[0][0]}#row{refs[0][1]}",
-                    SOURCE: refs[0][0],
-                    ERROR_ID: base,
-                    ERROR: f"id {base!r} cannot name a file under the output folder",
-                }
-            )
+            reason = f"id {base!r} cannot name a file under the output folder"
+            errors.append(ErrorRow(f"{shard}#row{row}", reason, shard, id=base, prompt=prompt, named=base is not None))
             continue
-        suffix = f".{stem}" if stem not in (None, "target") else ""
-        out = f"{base}.{ext}" if prompt is None else f"{base}/{slugs[prompt]}{suffix}.{ext}"
-        items.append({**item, "id": out, ERROR: None, SOURCE: None, ERROR_ID: None})
+        out = file_name(base, ext, None if prompt is None else slugs[prompt], stem)
+        items.append(
+            {"id": out, "clip_id": base, "prompt": prompt, "shards": [s for s, _ in refs], "rows": [i for _, i in refs]}
+        )
     items.sort(key=lambda it: (it["shards"][0], it["rows"][0]))
-    schema = pa.schema(
-        [
-            ("id", pa.string()),
-            ("clip_id", pa.string()),
-            ("prompt", pa.string()),
-            ("shards", pa.list_(pa.string())),
-            ("rows", pa.list_(pa.int64())),
-            (ERROR, pa.string()),
-            (SOURCE, pa.string()),
-            (ERROR_ID, pa.string()),
-        ]
-    )
-    return pa.Table.from_pylist(items + errors, schema), codecs
+    return Items(pa.Table.from_pylist(items, ITEM_SCHEMA), errors), codecs
+
+
+ITEM_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("clip_id", pa.string()),
+        ("prompt", pa.string()),
+        ("shards", pa.list_(pa.string())),
+        ("rows", pa.list_(pa.int64())),
+    ]
+)
 
 
 def run(cfg: ExportConfig) -> JobReport:
@@ -286,10 +263,8 @@ def run(cfg: ExportConfig) -> JobReport:
     report = JobReport(ExportStage.name)
     with report.stage("plan"):
         items, codecs = plan_files(cfg.input, cfg.format)
-    if cfg.overwrite:
-        forget_runs(checkpoint_uri(cfg.output, cfg.run))
     weights = None
-    if cfg.format != "dac" and items.num_rows:
+    if cfg.format != "dac" and items.table.num_rows:
         if len(codecs) > 1 and not cfg.codec_weights:
             raise ValueError(f"rows of several codecs {sorted(codecs)}: export each with its --codec-weights")
         with report.stage("load_weights"):
@@ -298,20 +273,11 @@ def run(cfg: ExportConfig) -> JobReport:
             )
     report.extra["format"] = cfg.format
     stage = ExportStage(cfg.output, cfg.format, cfg.subtype, weights, cfg.window_seconds)
-    return run_stage(stage, Items(items), cfg.output, cfg.ray, cfg.run, report)
-
-
-def forget_runs(checkpoint: str) -> None:
-    """Start afresh: without its checkpoint, the runner sees every file as due."""
-    if sfs.exists(checkpoint):
-        fs, path = sfs.resolve(checkpoint)
-        fs.rm(path, recursive=True)
+    return run_stage(stage, items, cfg.output, cfg.ray, cfg.run, report, fresh=cfg.overwrite)
 
 
 def parse_args(argv: list[str] | None) -> ExportConfig:
-    p = job_config.JobParser(
-        "export", ExportConfig, __doc__.splitlines()[0], job_config.SRC_DST, "input shard folder URI, output folder URI"
-    )
+    p = JobParser("export", ExportConfig, __doc__.splitlines()[0], SRC_DST, "input shard folder URI, output folder URI")
     p.add_argument("--input", help="URI of the code shards (instead of SRC)")
     p.add_argument("--output", help="URI of the output folder (instead of DST)")
     p.add_argument("--format", choices=FORMATS)
@@ -324,9 +290,14 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
     return p.parse_config(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("export", lambda: run(parse_args(argv)).emit(), argv)
+def command(argv: list[str]) -> None:
+    """`codecsep export`: parse, run, print the report (exit codes: jobs.cli)."""
+    run(parse_args(argv)).emit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["export", *sys.argv[1:]]))

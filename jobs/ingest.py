@@ -18,12 +18,22 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from jobs import config as job_config
 from jobs import resolve
-from jobs.runner import Items, run_stage
-from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
-from jobs.sources import ERROR, ERROR_ID, SOURCE
-from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
+from jobs.engine import (
+    SRC_DST,
+    BadInput,
+    ErrorRow,
+    Items,
+    JobParser,
+    JobReport,
+    RayOptions,
+    RunOptions,
+    Stage,
+    StageOutput,
+    add_ray_arguments,
+    require,
+    run_stage,
+)
 from storage import fs as sfs
 from storage.audio import AUDIO_SUFFIXES, UnreadableAudio, read_audio
 
@@ -43,7 +53,7 @@ class IngestConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
-        job_config.require(self, ("input", "output"), "codecsep ingest SRC DST")
+        require(self, ("input", "output"), "codecsep ingest SRC DST")
         resolve.check_codec_name(self.codec)
         if self.window_seconds <= 0:
             raise ValueError("window_seconds must be positive")
@@ -110,7 +120,7 @@ class IngestStage(Stage):
             audio, sample_rate = read_audio(data)
             try:
                 compressed = self._codec().compress(audio, sample_rate)
-            except (ValueError, RuntimeError) as e:
+            except ValueError as e:  # the audio's fault; a device failure (CUDA OOM) stops the job
                 raise BadInput(f"cannot encode this audio with {self.codec_name}: {e}") from None
             dac = DacFile(
                 codes=compressed.codes,
@@ -130,28 +140,24 @@ class IngestStage(Stage):
         return rows, dac.original_length / dac.sample_rate
 
 
-def plan_items(src: str) -> pa.Table:
+def plan_items(src: str) -> Items:
     """One item per audio or .dac file under `src` (URI, id), sorted by URI. Files sharing an
     id (`a.wav` beside `a.flac`): the first in URI order wins, the rest are error rows."""
     suffixes = [s for suf in AUDIO_SUFFIXES + (DAC_SUFFIX,) for s in (suf, suf.upper())]
     root = sfs.resolve(src)[1].rstrip("/")
-    uris, ids, reasons, owner = [], [], [], {}
+    uris, ids, errors, owner = [], [], [], {}
     for uri in sfs.list_files(src, suffixes):
         path = sfs.resolve(uri)[1]
         clip_id = posixpath.splitext(posixpath.relpath(path, root) if path != root else posixpath.basename(path))[0]
-        reasons.append(f"duplicate id {clip_id!r}: already taken by {owner[clip_id]}" if clip_id in owner else None)
-        owner.setdefault(clip_id, uri)
+        if clip_id in owner:
+            errors.append(
+                ErrorRow(uri, f"duplicate id {clip_id!r}: already taken by {owner[clip_id]}", uri, id=clip_id)
+            )
+            continue
+        owner[clip_id] = uri
         uris.append(uri)
         ids.append(clip_id)
-    return pa.table(
-        {
-            "source": pa.array(uris, pa.string()),
-            "id": pa.array(ids, pa.string()),
-            ERROR: pa.array(reasons, pa.string()),
-            SOURCE: pa.array(uris, pa.string()),
-            ERROR_ID: pa.array(ids, pa.string()),
-        }
-    )
+    return Items(pa.table({"source": pa.array(uris, pa.string()), "id": pa.array(ids, pa.string())}), errors)
 
 
 def run(cfg: IngestConfig) -> JobReport:
@@ -160,20 +166,16 @@ def run(cfg: IngestConfig) -> JobReport:
     with report.stage("list_inputs"):
         items = plan_items(cfg.input)
     weights, codec = None, cfg.codec or resolve.DEFAULT_CODEC
-    if any(not u.lower().endswith(DAC_SUFFIX) for u in items["source"].to_pylist()):
+    if any(not u.lower().endswith(DAC_SUFFIX) for u in items.table["source"].to_pylist()):
         with report.stage("load_weights"):
             weights, info = resolve.codec_weights(cfg.codec_weights, cfg.codec)
             codec = info.name
     report.extra["codec"] = codec
-    return run_stage(
-        IngestStage(codec, weights, cfg.window_seconds), Items(items), cfg.output, cfg.ray, cfg.run, report
-    )
+    return run_stage(IngestStage(codec, weights, cfg.window_seconds), items, cfg.output, cfg.ray, cfg.run, report)
 
 
 def parse_args(argv: list[str] | None) -> IngestConfig:
-    p = job_config.JobParser(
-        "ingest", IngestConfig, __doc__.splitlines()[0], job_config.SRC_DST, "input folder/file URI, output folder URI"
-    )
+    p = JobParser("ingest", IngestConfig, __doc__.splitlines()[0], SRC_DST, "input folder/file URI, output folder URI")
     p.add_argument("--input", help="URI of the audio / .dac files (instead of SRC)")
     p.add_argument("--output", help="URI of the code shards (instead of DST)")
     p.add_argument("--codec", help="codec of the output, e.g. dac_44khz (default: that of --codec-weights)")
@@ -183,9 +185,14 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
     return p.parse_config(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("ingest", lambda: run(parse_args(argv)).emit(), argv)
+def command(argv: list[str]) -> None:
+    """`codecsep ingest`: parse, run, print the report (exit codes: jobs.cli)."""
+    run(parse_args(argv)).emit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["ingest", *sys.argv[1:]]))

@@ -39,19 +39,29 @@ import numpy as np
 import pyarrow as pa
 
 from codecsep_core import mixing
-from jobs import config as job_config
 from jobs import resolve
-from jobs.runner import Items, run_stage
-from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
-from jobs.sources import DIR
-from jobs.stage import BadInput, ErrorRow, Stage, StageOutput
+from jobs.engine import (
+    SRC_DST,
+    BadInput,
+    ErrorRow,
+    Items,
+    JobParser,
+    JobReport,
+    RayOptions,
+    RunOptions,
+    Stage,
+    StageOutput,
+    add_ray_arguments,
+    in_folder,
+    require,
+    run_stage,
+)
 from storage import fs as sfs
 from storage.audio import AUDIO_SUFFIXES, read_audio
 from storage.schema import codes_to_arrow
 
 log = logging.getLogger("codecsep.prepare_train")
 
-STAGE = "prepare-train"
 LAYOUTS = ("auto", "dnr", "generic")
 DNR_STEMS = ("speech", "music", "sfx")
 SPLITS = ("train", "val")
@@ -82,7 +92,7 @@ class PrepareTrainConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
-        job_config.require(self, ("input", "output"), "codecsep prepare-train SRC DST")
+        require(self, ("input", "output"), "codecsep prepare-train SRC DST")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         resolve.check_codec_name(self.codec)
@@ -229,6 +239,7 @@ class PrepareStage(Stage):
 
     name = "prepare-train"
     key = "mix_id"
+    folders = SPLITS
 
     def __init__(self, weights: bytes, window_seconds: float, segment_seconds: float, keep_audio: bool):
         self.weights, self.window_seconds = weights, window_seconds
@@ -248,8 +259,8 @@ class PrepareStage(Stage):
                 source = item.get("folder") or ",".join(item.get("stems") or [])
                 errors.append(ErrorRow(item["mix_id"], f"{type(e).__name__}: {e}", source))
                 continue
-            rows += [{**r, DIR: item["split"]} for r in item_rows]
-        table = rows_table(rows) if rows else None
+            rows += [{**r, "split": item["split"]} for r in item_rows]
+        table = in_folder(rows_table(rows), [r["split"] for r in rows]) if rows else None
         return StageOutput(
             rows=table, errors=errors, tally={"audio_s": self.segment_seconds * (batch.num_rows - len(errors))}
         )
@@ -320,7 +331,6 @@ def rows_table(rows: list[dict]) -> pa.Table:
         "codec": pa.array([r["codec"] for r in rows], pa.string()),
         "sample_rate": pa.array([r["sample_rate"] for r in rows], pa.int32()),
         "n_samples": pa.array([r["n_samples"] for r in rows], pa.int64()),
-        DIR: pa.array([r[DIR] for r in rows], pa.string()),
     }
     if "mix_audio" in rows[0]:
         for name in ("mix_audio", "target_audio"):
@@ -349,11 +359,11 @@ def run(cfg: PrepareTrainConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> PrepareTrainConfig:
-    p = job_config.JobParser(
+    p = JobParser(
         "prepare-train",
         PrepareTrainConfig,
         __doc__.splitlines()[0],
-        job_config.SRC_DST,
+        SRC_DST,
         "stems folder URI, output folder URI",
     )
     p.add_argument("--layout", choices=LAYOUTS)
@@ -362,9 +372,14 @@ def parse_args(argv: list[str] | None) -> PrepareTrainConfig:
     return p.parse_config(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("prepare-train", lambda: run(parse_args(argv)).emit(), argv)
+def command(argv: list[str]) -> None:
+    """`codecsep prepare-train`: parse, run, print the report (exit codes: jobs.cli)."""
+    run(parse_args(argv)).emit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["prepare-train", *sys.argv[1:]]))

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
-from jobs import config as job_config
-from jobs.runtime import JobReport, run_cli
+from jobs.engine import JobParser, JobReport
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.prompts")
@@ -132,8 +131,8 @@ def run(cfg: PromptsConfig) -> JobReport:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = job_config.JobParser("prompts", PromptsConfig, __doc__.splitlines()[0])
+def parse_args(argv: list[str]) -> PromptsConfig:
+    p = JobParser("prompts", PromptsConfig, __doc__.splitlines()[0])
     p.add_argument("--output", help="URI of the prompt table to write")
     p.add_argument("--prompt", dest="prompts", action="append", default=[], help="repeatable")
     p.add_argument("--prompts-file", help="text file, one prompt per line")
@@ -146,8 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--codec-weights", help="DAC checkpoint URI, to decode .dac / code-shard examples")
     p.add_argument("--clap-checkpoint", help="CLAP checkpoint path")
-    return run_cli("prompts", lambda: run(p.parse_config(argv)).emit(), argv)
+    return p.parse_config(argv)
+
+
+def command(argv: list[str]) -> None:
+    """`codecsep prompts`: parse, run, print the report (exit codes: jobs.cli)."""
+    run(parse_args(argv)).emit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["prompts", *sys.argv[1:]]))

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jobs import config as job_config
-from jobs.export import prompt_slugs
-from jobs.runtime import JobReport, run_cli
+from jobs.engine import JobParser, JobReport, require
 from storage import fs as sfs
 from storage import shards
+from storage.exported import file_name, prompt_slugs
 
 log = logging.getLogger("codecsep.report")
 
@@ -53,7 +52,7 @@ class ReportConfig:
     stem: str = "target"  # rows of this stem, when the input has a `stem` column
 
     def check(self) -> None:
-        job_config.require(self, ("input", "output"))
+        require(self, ("input", "output"))
         if self.top < 1 or self.bins < 1:
             raise ValueError("top and bins must be positive")
 
@@ -118,18 +117,18 @@ def read_scores(cfg: ReportConfig) -> list[dict]:
 
 
 class AudioFinder:
-    """Exported audio of a (clip, prompt): `<dir>/<id>/<prompt slug>.<ext>` (export's layout),
-    embedded as a data URI until the page's audio budget is spent."""
+    """Exported audio of a (clip, prompt, stem), where `export` writes it
+    (`storage.exported`), embedded as a data URI until the page's audio budget is spent."""
 
     def __init__(self, folders: list[str], prompts: set[str], budget_bytes: float):
         self.folders = [f for f in folders if sfs.exists(f)]
         self.slugs = prompt_slugs(prompts)
         self.budget = budget_bytes
 
-    def data_uri(self, clip_id: str, prompt: str) -> str | None:
+    def data_uri(self, clip_id: str, prompt: str, stem: str | None) -> str | None:
         for folder in self.folders:
             for ext, mime in AUDIO_TYPES.items():
-                uri = sfs.join(folder, f"{clip_id}/{self.slugs[prompt]}.{ext}")
+                uri = sfs.join(folder, file_name(clip_id, ext, self.slugs[prompt], stem))
                 if sfs.exists(uri):
                     data = sfs.read_bytes(uri)
                     if len(data) > self.budget:
@@ -158,7 +157,7 @@ def clip_rows(rows: list[dict], audio: AudioFinder) -> str:
         duration = r["n_samples"] / r["sample_rate"] if r.get("n_samples") and r.get("sample_rate") else 0.0
         spans = r.get("active_spans") or []
         fraction = r.get("active_fraction")
-        src = audio.data_uri(r["id"], r["prompt"])
+        src = audio.data_uri(r["id"], r["prompt"], r.get("stem"))
         player = f'<audio controls preload="none" src="{src}"></audio>' if src else ""
         out.append(
             f"<tr><td>{html.escape(r['id'])}</td><td>{r['energy_kept']:.3f}</td>"
@@ -234,7 +233,7 @@ def run(cfg: ReportConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> ReportConfig:
-    p = job_config.JobParser("report", ReportConfig, __doc__.splitlines()[0])
+    p = JobParser("report", ReportConfig, __doc__.splitlines()[0])
     p.add_argument("--input", help="URI of the separated shards")
     p.add_argument("--output", help="HTML file to write")
     p.add_argument("--audio", action="append", default=[], help="folder of exported audio (repeatable)")
@@ -242,9 +241,14 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
     return p.parse_config(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(STAGE, lambda: run(parse_args(argv)).emit(), argv)
+def command(argv: list[str]) -> None:
+    """`codecsep report`: parse, run, print the report (exit codes: jobs.cli)."""
+    run(parse_args(argv)).emit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["report", *sys.argv[1:]]))

@@ -1,5 +1,5 @@
-"""One resolver each for what several jobs need: codec weights and tables, prompt vectors,
-and the device. Each turns what the user gave into the thing itself, or stops the job with
+"""One resolver each for what several jobs need: codec weights and tables, and prompt
+vectors (the device is the engine's: `jobs.engine.cluster`). Each turns what the user gave into the thing itself, or stops the job with
 a message that says what is wrong and what to pass instead (docs/architecture.md)."""
 
 from __future__ import annotations
@@ -9,16 +9,12 @@ import logging
 import numpy as np
 
 from codecsep_core import DAC_CODECS, CodecInfo, CodecTables
-from jobs.runtime import UsageError
+from jobs.engine import UsageError
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.resolve")
 
 DEFAULT_CODEC = "dac_16khz"
-
-
-class DeviceUnavailable(RuntimeError):
-    """GPUs were asked for and are not there: an error, never a silent CPU run."""
 
 
 # --------------------------------------------------------------------------- codec
@@ -131,33 +127,3 @@ def _same_encoder(have: str | None, want: str | None, message: str) -> None:
         raise UsageError(
             f"{message}: vectors of two encoders do not compare; embed every prompt with one encoder (codecsep prompts)"
         )
-
-
-# --------------------------------------------------------------------------- device
-
-
-def device_for(num_gpus: float) -> str:
-    return "cuda" if num_gpus > 0 else "cpu"
-
-
-def check_device(device: str) -> None:
-    """In an actor: CUDA asked for and absent stops the job, it never runs on CPU instead."""
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        import socket
-
-        raise DeviceUnavailable(
-            f"GPUs were asked for (--gpus-per-actor) but CUDA is not available on {socket.gethostname()}"
-        )
-
-
-def check_cluster_gpus(ray, num_gpus: float) -> None:
-    """On the driver, before any actor waits for a GPU that no node has (it would wait forever)."""
-    if num_gpus > 0:
-        have = ray.cluster_resources().get("GPU", 0)
-        if have < num_gpus:
-            raise DeviceUnavailable(
-                f"--gpus-per-actor {num_gpus:g}, but the Ray cluster has {have:g} GPU(s): "
-                "run on a GPU node or cluster, or pass --gpus-per-actor 0 to run on CPU"
-            )

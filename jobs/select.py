@@ -29,11 +29,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import config as job_config
-from jobs.runner import Items, run_stage
-from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
-from jobs.sources import DIR, DONE_ONLY, ERROR, ERROR_ID, SOURCE
-from jobs.stage import ErrorRow, Stage, StageOutput
+from jobs.engine import (
+    ErrorRow,
+    Items,
+    JobParser,
+    JobReport,
+    RayOptions,
+    RunOptions,
+    Stage,
+    StageOutput,
+    add_ray_arguments,
+    in_folder,
+    require,
+    run_stage,
+)
 from storage import fs as sfs
 from storage import segments, shards
 from storage.schema import CODE_SHARD_SCHEMA, DAC_SHARD_SCHEMA, MalformedCodes, codes_to_numpy, table_from_rows
@@ -44,7 +53,7 @@ KEY = "_selected_id"  # the selected row's id: the stage's key (a private column
 MANIFEST_PARTS = "_manifest"  # the runner's manifest rows, gathered into segments.MANIFEST_NAME
 SELECTION_FILE = "_selection.json"  # the settings an output folder was selected with
 SELECTION_KEYS = ("input", "prompt", "stem", "min_active_fraction", "min_energy_kept", "spans", "codes_from")
-MANIFEST_ROWS = segments.MANIFEST_SCHEMA.append(pa.field(KEY, pa.string())).append(pa.field(DIR, pa.string()))
+MANIFEST_ROWS = segments.MANIFEST_SCHEMA.append(pa.field(KEY, pa.string()))
 SCORE_COLUMNS = ("id", "prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans")
 # Columns of a separated row that describe the separation, not the clip: left out of the output.
 SEPARATION_COLUMNS = ("prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans")
@@ -64,7 +73,7 @@ class SelectConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
-        job_config.require(self, ("input", "output", "prompt"))
+        require(self, ("input", "output", "prompt"))
         if not 0 <= self.min_active_fraction <= 1 or self.min_energy_kept < 0:
             raise ValueError("min_active_fraction must be in [0, 1] and min_energy_kept non-negative")
 
@@ -85,6 +94,7 @@ class SelectStage(Stage):
 
     name = "select"
     key = KEY
+    folders = ("", MANIFEST_PARTS)
 
     def __init__(self, prompt: str, spans: bool):
         self.prompt, self.spans = prompt, spans
@@ -93,7 +103,7 @@ class SelectStage(Stage):
         self._shard: tuple[str, pa.Table] | None = None  # the last shard read; items come sorted by shard
 
     def process(self, batch: pa.Table) -> StageOutput:
-        rows, manifest, errors, audio_s = [], [], [], 0.0
+        rows, manifest, errors, done, audio_s = [], [], [], [], 0.0
         for item in batch.to_pylist():
             try:
                 made = list(self._outputs(item))
@@ -103,17 +113,17 @@ class SelectStage(Stage):
                 continue
             for out, entry in made:
                 rows.append({**out, KEY: item[KEY]})
-                manifest.append({**entry, KEY: item[KEY], DIR: MANIFEST_PARTS})
+                manifest.append({**entry, KEY: item[KEY]})
                 audio_s += segments.clip_seconds(out)
             if not made:  # no span: still done, so that a rerun does not read it again
-                manifest.append({KEY: item[KEY], DIR: DONE_ONLY})
+                done.append(item[KEY])
         table = (
             table_from_rows(rows, DAC_SHARD_SCHEMA if "dac_channels" in rows[0] else CODE_SHARD_SCHEMA)
             if rows
             else None
         )
-        side = pa.Table.from_pylist(manifest, MANIFEST_ROWS)
-        return StageOutput(rows=table, errors=errors, side=side, tally={"audio_s": audio_s})
+        side = in_folder(pa.Table.from_pylist(manifest, MANIFEST_ROWS), MANIFEST_PARTS)
+        return StageOutput(rows=table, errors=errors, side=side, done=done, tally={"audio_s": audio_s})
 
     def _clip(self, shard: str, index: int) -> dict:
         if self._shard is None or self._shard[0] != shard:
@@ -182,7 +192,7 @@ def archive_index(uri: str) -> dict[str, tuple[str, int]]:
     return where
 
 
-def plan_items(cfg: SelectConfig) -> tuple[pa.Table, int]:
+def plan_items(cfg: SelectConfig) -> tuple[Items, int]:
     """-> (one item per selected row, plus error items: unreadable shards, ids twice, ids
     missing from the archive; rows scanned)."""
     files = shards.list_shards(cfg.input)
@@ -190,23 +200,24 @@ def plan_items(cfg: SelectConfig) -> tuple[pa.Table, int]:
         planned = list(pool.map(lambda s: plan_shard(cfg, s), files))
     scanned = sum(n for n, _ in planned)
     tables = [t for _, t in planned if isinstance(t, pa.Table)]
-    items = pa.concat_tables(tables, promote_options="permissive").to_pylist() if tables else []
+    selected = pa.concat_tables(tables, promote_options="permissive").to_pylist() if tables else []
     index = archive_index(cfg.codes_from) if cfg.codes_from else None
-    seen: set[str] = set()
-    for item in items:
-        item.update({KEY: item["id"], SOURCE: item["codes_shard"], ERROR_ID: item["id"], ERROR: None})
+    items, errors, seen = [], [], set()
+    for item in selected:
+        where = f"{item['codes_shard']}#row{item['codes_row']}"
         if item["id"] in seen:
-            item.update({KEY: f"{item['codes_shard']}#row{item['codes_row']}", ERROR: f"duplicate id {item['id']!r}"})
+            errors.append(ErrorRow(where, f"duplicate id {item['id']!r}", item["codes_shard"], id=item["id"]))
         elif index is not None and item["id"] not in index:
-            item[ERROR] = f"id {item['id']!r} is not in the --codes-from archive"
-        elif index is not None:
-            item["codes_shard"], item["codes_row"] = index[item["id"]]
+            reason = f"id {item['id']!r} is not in the --codes-from archive"
+            errors.append(ErrorRow(item["id"], reason, item["codes_shard"]))
+        else:
+            if index is not None:
+                item["codes_shard"], item["codes_row"] = index[item["id"]]
+            items.append({**item, KEY: item["id"]})
         seen.add(item["id"])
-    items += [
-        {KEY: s, SOURCE: s, ERROR: t, "codes_shard": s} for s, (_, t) in zip(files, planned) if isinstance(t, str)
-    ]
-    items.sort(key=lambda it: (it["codes_shard"], it.get("codes_row") or 0))
-    return pa.Table.from_pylist(items), scanned
+    errors += [ErrorRow(s, t, s, named=False) for s, (_, t) in zip(files, planned) if isinstance(t, str)]
+    items.sort(key=lambda it: (it["codes_shard"], it["codes_row"]))
+    return Items(pa.Table.from_pylist(items), errors), scanned
 
 
 def gather_manifest(output: str) -> str:
@@ -236,15 +247,15 @@ def run(cfg: SelectConfig) -> JobReport:
     report = JobReport(SelectStage.name)
     with report.stage("plan"):
         items, scanned = plan_items(cfg)
-    log.info("select: %d of %d rows selected for %r", items.num_rows, scanned, cfg.prompt)
+    log.info("select: %d of %d rows selected for %r", items.table.num_rows, scanned, cfg.prompt)
     report.extra.update(prompt=cfg.prompt, spans=cfg.spans, rows_scanned=scanned)
-    run_stage(SelectStage(cfg.prompt, cfg.spans), Items(items), cfg.output, cfg.ray, cfg.run, report)
+    run_stage(SelectStage(cfg.prompt, cfg.spans), items, cfg.output, cfg.ray, cfg.run, report)
     report.extra["manifest"] = gather_manifest(cfg.output)
     return report
 
 
 def parse_args(argv: list[str] | None) -> SelectConfig:
-    p = job_config.JobParser("select", SelectConfig, __doc__.splitlines()[0])
+    p = JobParser("select", SelectConfig, __doc__.splitlines()[0])
     p.add_argument("--input", help="URI of the separated shards")
     p.add_argument("--output", help="URI of the segment dataset to write")
     p.add_argument("--prompt", help="the prompt whose rows to select")
@@ -256,9 +267,14 @@ def parse_args(argv: list[str] | None) -> SelectConfig:
     return p.parse_config(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("select", lambda: run(parse_args(argv)).emit(), argv)
+def command(argv: list[str]) -> None:
+    """`codecsep select`: parse, run, print the report (exit codes: jobs.cli)."""
+    run(parse_args(argv)).emit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["select", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ row per (clip, prompt, stem): the input row's columns with new `codes` (none wit
 masker pass serves both), the curation scores, and where the prompt's source sounds
 (`active_fraction`, `active_spans`, from the same pass). `--exclude TEXT` removes what it
 names from every target (mask composition, `codecsep_core.separator.exclude_masks`). The
-runner (jobs.runner) reads the shards, resumes, writes and reports.
+engine's runner reads the shards, resumes, writes and reports.
 """
 
 from __future__ import annotations
@@ -21,12 +21,20 @@ import pyarrow as pa
 
 from codecsep_core import SeparatorConfig
 from codecsep_core.activity import ActivityConfig
-from jobs import config as job_config
 from jobs import resolve
-from jobs.runner import Shards, run_stage
-from jobs.runtime import JobReport, RayOptions, RunOptions, add_ray_arguments, run_cli
-from jobs.sources import SOURCE
-from jobs.stage import ErrorRow, Stage, StageOutput
+from jobs.engine import (
+    ErrorRow,
+    JobParser,
+    JobReport,
+    RayOptions,
+    RunOptions,
+    Shards,
+    Stage,
+    StageOutput,
+    add_ray_arguments,
+    require,
+    run_stage,
+)
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.separate")
@@ -53,7 +61,7 @@ class SeparateConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def check(self) -> None:
-        job_config.require(self, ("input", "output", "masker"))
+        require(self, ("input", "output", "masker"))
         if not self.prompts:
             raise ValueError("no prompts: pass --prompt TEXT (repeatable)")
         if len(set(self.prompts)) != len(self.prompts):
@@ -98,8 +106,8 @@ class SeparateStage(Stage):
 
         checked = check_batch(batch, self.codec)
         good = [i for i, c in enumerate(checked) if c.reason is None]
-        ids, sources = batch["id"].to_pylist(), batch[SOURCE].to_pylist()
-        errors = [ErrorRow(ids[i], c.reason, sources[i]) for i, c in enumerate(checked) if c.reason is not None]
+        ids = batch["id"].to_pylist()
+        errors = [ErrorRow(ids[i], c.reason) for i, c in enumerate(checked) if c.reason is not None]
         if not good:
             return StageOutput(errors=errors)
         rows = batch.take(good)
@@ -175,7 +183,7 @@ def run(cfg: SeparateConfig) -> JobReport:
 
 
 def parse_args(argv: list[str] | None) -> SeparateConfig:
-    p = job_config.JobParser("separate", SeparateConfig, __doc__.splitlines()[0])
+    p = JobParser("separate", SeparateConfig, __doc__.splitlines()[0])
     p.add_argument("--input", help="URI of the code shards")
     p.add_argument("--output", help="URI of the separated shards")
     p.add_argument("--prompt", dest="prompts", action="append", default=[], help="repeatable")
@@ -192,9 +200,14 @@ def parse_args(argv: list[str] | None) -> SeparateConfig:
     return p.parse_config(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("separate", lambda: run(parse_args(argv)).emit(), argv)
+def command(argv: list[str]) -> None:
+    """`codecsep separate`: parse, run, print the report (exit codes: jobs.cli)."""
+    run(parse_args(argv)).emit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["separate", *sys.argv[1:]]))

@@ -24,13 +24,24 @@ import posixpath
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from jobs import config as job_config
 from jobs import resolve
-from jobs.runtime import JobReport, RayOptions, init_ray, run_cli, setup_logging, verbose
+from jobs.engine import (
+    JobParser,
+    JobReport,
+    RayOptions,
+    check_cluster_gpus,
+    check_device,
+    device_for,
+    init_ray,
+    require,
+    setup_logging,
+    verbose,
+)
 from storage import fs as sfs
 from storage import shards
 
@@ -76,7 +87,7 @@ class TrainConfig:
     ray_storage_path: str | None = None  # Ray Train's run folder (null: a local temporary folder)
 
     def check(self) -> None:
-        job_config.require(self, ("data", "output"), "codecsep train DATA OUTPUT")
+        require(self, ("data", "output"), "codecsep train DATA OUTPUT")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.loss == "sisdr" and not self.codec_weights:
@@ -239,8 +250,8 @@ def train_loop(loop: dict) -> None:
     torch.set_num_threads(max(1, int(cfg.ray.num_cpus_per_actor)))
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    device = torch.device(resolve.device_for(cfg.ray.num_gpus_per_actor))
-    resolve.check_device(device.type)
+    device = torch.device(device_for(cfg.ray.num_gpus_per_actor))
+    check_device(device.type)
     tables = CodecTables.load(sfs.read_bytes(loop["tables"])).to(device)
     torch.manual_seed(cfg.seed)  # initial weights and dropout: a run is repeatable
     masker = Masker(MaskerConfig.preset(cfg.preset))
@@ -356,54 +367,11 @@ def run(cfg: TrainConfig) -> JobReport:
     if not train_files:
         raise ValueError(f"no training shards in {train_uri} (run codecsep prepare-train first)")
     val_files = shards.list_shards(val_uri) if sfs.exists(val_uri) else []
-    has_val = bool(val_files)
     with report.stage("prompts"):
         table = prepare_prompts(cfg)
     with report.stage("codec_tables"):
         tables_uri = prepare_tables(cfg)
     latest = latest_checkpoint(cfg.output)
-    has_audio = "target_audio" in shards.column_names(train_files[0])
-    ray = init_ray(cfg.ray)
-    from ray.data import DataContext
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    DataContext.get_current().enable_progress_bars = False
-    with_audio = cfg.loss == "sisdr" and has_audio
-    datasets = {"train": read_split(ray, train_files, with_audio)}
-    if has_val:
-        datasets["val"] = read_split(ray, val_files, with_audio)
-    resolve.check_cluster_gpus(ray, cfg.ray.num_gpus_per_actor)
-    loop_cfg = {
-        "cfg": cfg,
-        "tables": tables_uri,
-        "prompts": list(table.prompts),
-        "embeddings": table.embeddings.tolist(),
-        "encoder": table.encoder,
-        "has_val": has_val,
-        "has_audio": has_audio,
-    }
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_cfg,
-        datasets=datasets,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.ray.max_actors,
-            use_gpu=cfg.ray.num_gpus_per_actor > 0,
-            resources_per_worker={"CPU": cfg.ray.num_cpus_per_actor},
-        ),
-        run_config=RunConfig(
-            name=f"codecsep-train-{int(time.time())}",
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
-            storage_path=cfg.ray_storage_path or tempfile.gettempdir() + "/codecsep-ray-train",
-        ),
-    )
-    with report.stage("fit"):
-        result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    report.rows_in = shards.count_rows(train_files)
     report.extra = {
         "output": cfg.output,
         "masker": sfs.join(cfg.output, "masker.safetensors"),
@@ -411,9 +379,13 @@ def run(cfg: TrainConfig) -> JobReport:
         "codec_tables": tables_uri,
         "prompt_encoder": table.encoder,
     }
-    if latest is not None and latest[0] >= cfg.max_steps:  # already trained: nothing ran
+    report.rows_in = shards.count_rows(train_files)
+    if latest is not None and latest[0] >= cfg.max_steps:  # already trained: no worker starts
+        finish_from_checkpoint(cfg, latest[1], table.encoder)
         report.extra.update(resumed_from_step=latest[0], step=latest[0], val_history=[])
     else:
+        with report.stage("fit"):
+            fit(cfg, train_files, val_files, tables_uri, table)
         start, history = latest_history(cfg.output, latest[0] if latest else 0)
         metrics = history[-1]
         report.rows_out = int(metrics["step"]) - start  # steps run by this call
@@ -424,6 +396,77 @@ def run(cfg: TrainConfig) -> JobReport:
         )
     report.wall_s = time.perf_counter() - t_start
     return report
+
+
+def finish_from_checkpoint(cfg: TrainConfig, checkpoint: str, encoder: str | None) -> None:
+    """Training reached `max_steps` in an earlier call: the masker file from the last
+    checkpoint, when that call ended before writing it."""
+    from codecsep_core import masker_to_bytes, training
+
+    masker = sfs.join(cfg.output, "masker.safetensors")
+    if not sfs.exists(masker):
+        ckpt = training.checkpoint_from_bytes(sfs.read_bytes(checkpoint))
+        sfs.write_bytes_atomic(masker, masker_to_bytes(ckpt.masker, encoder))
+    log.info("already trained to step %d (%s): nothing to run", cfg.max_steps, checkpoint)
+
+
+@contextmanager
+def quiet_data_context():
+    """Ray Data's progress bars off while the trainer reads its splits, and the
+    process-global DataContext as it was afterwards (a job run after this one in the same
+    driver keeps its own settings)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars
+    ctx.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = saved
+
+
+def fit(cfg: TrainConfig, train_files: list[str], val_files: list[str], tables_uri: str, table) -> None:
+    """Ray Train: one `train_loop` per worker, each reading its shard of the splits."""
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ray = init_ray(cfg.ray)
+    check_cluster_gpus(ray, cfg.ray.num_gpus_per_actor)
+    has_audio = "target_audio" in shards.column_names(train_files[0])
+    with_audio = cfg.loss == "sisdr" and has_audio
+    loop_cfg = {
+        "cfg": cfg,
+        "tables": tables_uri,
+        "prompts": list(table.prompts),
+        "embeddings": table.embeddings.tolist(),
+        "encoder": table.encoder,
+        "has_val": bool(val_files),
+        "has_audio": has_audio,
+    }
+    with quiet_data_context():
+        datasets = {"train": read_split(ray, train_files, with_audio)}
+        if val_files:
+            datasets["val"] = read_split(ray, val_files, with_audio)
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_cfg,
+            datasets=datasets,
+            scaling_config=ScalingConfig(
+                num_workers=cfg.ray.max_actors,
+                use_gpu=cfg.ray.num_gpus_per_actor > 0,
+                resources_per_worker={"CPU": cfg.ray.num_cpus_per_actor},
+            ),
+            run_config=RunConfig(
+                name=f"codecsep-train-{int(time.time())}",
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
+                storage_path=cfg.ray_storage_path or tempfile.gettempdir() + "/codecsep-ray-train",
+            ),
+        )
+        result = trainer.fit()
+    if result.error is not None:
+        raise result.error
 
 
 def latest_history(output: str, at_least: int) -> tuple[int, list[dict]]:
@@ -442,7 +485,7 @@ def latest_history(output: str, at_least: int) -> tuple[int, list[dict]]:
 
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
-    p = job_config.JobParser(
+    p = JobParser(
         "train",
         TrainConfig,
         __doc__.splitlines()[0],
@@ -465,17 +508,19 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     return p.parse_config(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    def body():
-        cfg = parse_args(argv)
-        cfg.check()
-        report = run(cfg)
-        if report.extra.get("prompt_encoder") == resolve.FIXED_ENCODER:
-            print("NOTE: CLAP was unavailable: prompts were embedded as FIXED RANDOM VECTORS, not CLAP embeddings.")
-        report.emit()
-
-    return run_cli("train", body, argv)
+def command(argv: list[str]) -> None:
+    """`codecsep train`: parse, run, print the report (exit codes: jobs.cli)."""
+    cfg = parse_args(argv)
+    cfg.check()
+    report = run(cfg)
+    if report.extra.get("prompt_encoder") == resolve.FIXED_ENCODER:
+        print("NOTE: CLAP was unavailable: prompts were embedded as FIXED RANDOM VECTORS, not CLAP embeddings.")
+    report.emit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from jobs.cli import main
+
+    raise SystemExit(main(["train", *sys.argv[1:]]))

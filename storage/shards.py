@@ -13,7 +13,7 @@ import io
 import logging
 import posixpath
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from storage.fs import S3Options, exists, is_hidden, join, list_files, resolve, write_bytes_atomic
-from storage.schema import ERRORS_SCHEMA, table_from_rows
+from storage.schema import ERRORS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -198,32 +198,6 @@ def read_present_columns(
         if missing:
             raise MissingColumns(f"no {', '.join(map(repr, missing))} column(s)")
         return parquet.read(columns=[c for c in wanted if c in names])
-
-
-def iter_shards(
-    uri: str, columns: Sequence[str] | None = None, s3: S3Options | None = None
-) -> Iterator[tuple[str, pa.Table]]:
-    """(shard URI, table) for each shard under `uri`, one at a time, in name order."""
-    fs, _ = resolve(uri, s3)
-    for shard in list_shards(uri, s3):
-        yield shard, pq.read_table(resolve(shard, s3)[1], filesystem=fs, columns=columns)
-
-
-def write_errors(
-    output_uri: str,
-    rows: Sequence[Mapping[str, Any]],
-    prefix: str,
-    options: ShardOptions = ShardOptions(),
-    s3: S3Options | None = None,
-) -> list[str]:
-    """Write error rows (`schema.ERRORS_SCHEMA`; `id`, `stage`, `prompt`, `key` may be left
-    out) into `<output_uri>/_errors/`; -> shard URIs."""
-    if not rows:
-        return []
-    optional = dict.fromkeys(("id", "stage", "prompt", "key"))
-    with ShardWriter(join(output_uri, ERRORS_DIR), prefix, options, s3) as writer:
-        writer.write(table_from_rows([{**optional, **row} for row in rows], ERRORS_SCHEMA))
-    return writer.written
 
 
 def read_errors(output_uri: str, s3: S3Options | None = None) -> pa.Table:

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import torch
 
-from jobs import config as job_config
 from jobs.bench import compute, pipeline, quality, report, scale, speed
 from jobs.bench.config import QUICK, BenchConfig
 from jobs.bench.models import build_models
-from jobs.runtime import setup_logging
+from jobs.engine import CONFIG_DIR, UsageError, default_config_path, load_config, setup_logging, to_dict
 
-__all__ = ["BenchConfig", "main", "run", "run_gpu"]
+__all__ = ["BenchConfig", "command", "run", "run_gpu"]
 
 HEADLINE = (  # the figures the targets judge, at the top of bench.json and printed
     "separator_x_realtime",
@@ -61,7 +60,7 @@ def run(cfg: BenchConfig) -> dict:
     res: dict = {
         "machine": _machine(torch.device("cpu")),
         "weights": "random (real architectures)",
-        "config": job_config.to_dict(cfg),
+        "config": to_dict(cfg),
     }
     res["quality"] = quality.measure_quality(
         quality.build_quality_set(cfg.quality, cfg.seed), cfg.precisions, cfg.separator
@@ -107,7 +106,7 @@ def run_gpu(cfg: BenchConfig) -> dict:
     )
     return {
         "machine": _machine(device),
-        "config": job_config.to_dict(cfg),
+        "config": to_dict(cfg),
         "speed": rows,
         "matmul_peak_gflops": compute.machine_peak(cfg, device, ["fp32", "bf16", "fp16"]),
         "quality_cpu_fp32_snr_db": fp32_cpu,
@@ -120,7 +119,7 @@ def run_gpu(cfg: BenchConfig) -> dict:
 
 def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="codecsep bench", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(job_config.default_config_path("bench")))
+    p.add_argument("--config", default=str(default_config_path("bench")))
     p.add_argument("--output", required=True, help="folder for bench.json and bench.md (bench_gpu.json with --gpu)")
     p.add_argument("--quick", action="store_true", help="less data and fewer repeats: a few minutes")
     p.add_argument("--gpu", action="store_true", help="only the GPU section (needs CUDA): bench_gpu.json")
@@ -128,29 +127,24 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. batch_sizes=[1,8]")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
-    cfg = job_config.load_config(BenchConfig, a.config, (QUICK if a.quick else []) + a.overrides)
+    cfg = load_config(BenchConfig, a.config, (QUICK if a.quick else []) + a.overrides)
     return cfg, a
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg, args = parse_args(argv)
-        cfg.check()
-    except ValueError as e:
-        print(f"codecsep bench: {e}")
-        return 2
+def command(argv: list[str]) -> None:
+    """`codecsep bench`: measure, write the results, print the headline (exit codes: jobs.cli)."""
+    cfg, args = parse_args(argv)
+    cfg.check()
     output = Path(args.output)
     if args.gpu:
         if not torch.cuda.is_available():
-            print("codecsep bench --gpu: needs CUDA, and torch sees no GPU")
-            return 2
+            raise UsageError("bench --gpu needs CUDA, and torch sees no GPU")
         res = run_gpu(cfg)
         output.mkdir(parents=True, exist_ok=True)
         (output / "bench_gpu.json").write_text(json.dumps(res, indent=2, sort_keys=True))
         print(json.dumps({k: res[k] for k in ("machine", "separator_x_realtime_per_gpu", "best")}))
-        return 0
+        return
     res = run(cfg)
-    docs = None if cfg.docs is None else job_config.CONFIG_DIR.parent / cfg.docs
+    docs = None if cfg.docs is None else CONFIG_DIR.parent / cfg.docs
     print(report.write_results(res, output, docs))
     print(json.dumps({k: res[k] for k in HEADLINE}))
-    return 0

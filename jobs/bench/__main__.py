@@ -1,5 +1,7 @@
-"""`python -m jobs.bench`."""
+"""`python -m jobs.bench`: the same as `codecsep bench`."""
 
-from jobs.bench import main
+import sys
 
-raise SystemExit(main())
+from jobs.cli import main
+
+raise SystemExit(main(["bench", *sys.argv[1:]]))

@@ -15,7 +15,7 @@ import torch
 from codecsep_core import Separator, save_masker
 from jobs.bench.config import BenchConfig
 from jobs.bench.models import Models
-from jobs.runtime import RayOptions, init_ray
+from jobs.engine import RayOptions, init_ray
 
 log = logging.getLogger("codecsep.bench")
 

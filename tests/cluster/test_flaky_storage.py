@@ -105,14 +105,14 @@ def test_a_permanent_storage_fault_is_reported_in_one_clear_line(permanent_fault
 
 
 def test_storage_failing_a_shard_read_in_ranges_stops_the_read_and_is_no_error_row(s3_server, monkeypatch):
-    """A large input shard is read in ranges (`jobs.sources`): a read the storage fails
+    """A large input shard is read in ranges (`jobs.engine.sources`): a read the storage fails
     between the footer and the rows is storage's failure, never the shard's error row."""
     import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs.sources import WHOLE_SHARD_BYTES, _read_shards
+    from jobs.engine.sources import WHOLE_SHARD_BYTES, _read_shards
     from storage import fs as sfs
 
     uri = f"{new_bucket(s3_server)}/in/big.parquet"

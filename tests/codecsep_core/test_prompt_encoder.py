@@ -332,8 +332,8 @@ def test_encode_audio_through_the_clap_audio_branch(hf_home, tmp_path):
 
 PROMPTS_JOB_SCRIPT = """
 import sys
-from jobs import prompts
-sys.exit(prompts.main(sys.argv[1:]))
+from jobs import cli
+sys.exit(cli.main(["prompts", *sys.argv[1:]]))
 """
 
 

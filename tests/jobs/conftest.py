@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_session():
-    from jobs.runtime import RayOptions, init_ray
+    from jobs.engine import RayOptions, init_ray
 
     ray = init_ray(RayOptions())  # the jobs' own embedded set-up (logical CPU headroom included)
     yield ray
@@ -67,9 +67,9 @@ def tiny_quality():
 def quality_set(tiny_quality):
     """The `tiny` masker trained on synthetic mixtures with a fitted codec, and held-out
     mixtures (cached for the session: the codec fit and the encoding dominate)."""
-    from jobs import config as job_config
     from jobs.bench.config import BenchConfig
     from jobs.bench.quality import build_quality_set
+    from jobs.engine import load_config
 
-    cfg = job_config.load_config(BenchConfig, None, [*tiny_quality, "quality.steps=150"])
+    cfg = load_config(BenchConfig, None, [*tiny_quality, "quality.steps=150"])
     return build_quality_set(cfg.quality)

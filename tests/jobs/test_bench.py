@@ -39,11 +39,11 @@ TINY = [
 def bench(tmp_path_factory, tiny_quality):
     import os
 
-    from jobs import bench
+    from jobs import cli
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     out = tmp_path_factory.mktemp("bench")
-    assert bench.main(["--output", str(out), *TINY, *tiny_quality]) == 0
+    assert cli.main(["bench", "--output", str(out), *TINY, *tiny_quality]) == 0
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import bench, config, demo, evaluate, export, ingest, prepare_train, prompts, report, select, separate, train
+from jobs import bench, demo, evaluate, export, ingest, prepare_train, prompts, report, select, separate, train
+from jobs.engine import config
 
 CONFIGS = {
     "separate": separate.SeparateConfig,

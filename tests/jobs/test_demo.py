@@ -43,3 +43,12 @@ def test_the_demo_runs_every_job_and_leaves_their_outputs(tmp_path):
     segment_files = [f for f in (out / "segments").glob("*.parquet") if not f.name.startswith("_")]
     segment_ids = [i for f in segment_files for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]
     assert sorted(manifest["id"].to_pylist()) == sorted(segment_ids) and set(manifest["prompt"].to_pylist()) <= {"tone"}
+
+
+def test_a_demo_asked_for_gpus_where_there_are_none_fails_at_once(tmp_path, ray_session, capsys):
+    """The demo's Ray settings reach every job it runs: asked for GPUs on a machine with
+    none, it stops with the reason (exit 1), never a silent CPU run."""
+    from jobs import cli
+
+    assert cli.main(["demo", "--output", str(tmp_path / "demo"), "ray.num_gpus_per_actor=1"]) == 1
+    assert "GPU" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from codecsep_core import DAC_CODECS
 from codecsep_core.dac_codec import loudness_db
-from jobs import export, ingest
+from jobs import cli, export, ingest
 from storage import fs as sfs
 from storage import shards
 from storage.dacfile import DacFile, dac_to_rows, read_dac, write_dac
@@ -131,7 +131,7 @@ def test_audio_ingest_then_wav_export_restores_rate_length_and_level(ray_session
         write_clip(tmp_path / "in" / rel, clip(seconds, rate, channels, seed=i), rate)
     src, dst, out = (str(tmp_path / d) for d in ("in", "codes", "wav"))
 
-    assert ingest.main([src, dst, "--codec-weights", str(dac_weights)]) == 0
+    assert cli.main(["ingest", src, dst, "--codec-weights", str(dac_weights)]) == 0
     summary, report = capsys.readouterr().out.strip().splitlines()[-2:]
     assert summary.startswith("ingest: 3 rows in, 4 out, 0 errors")
     assert json.loads(report)["audio_hours"] == pytest.approx(2.3 / 3600, rel=1e-3)
@@ -327,3 +327,49 @@ def test_export_retry_errors_makes_failed_files_due_again(ray_session, tmp_path)
     assert (retry.rows_out, retry.errors, retry.skipped_done) == (0, 1, 1)
     errors = shards.read_errors(str(tmp_path / "dac"))
     assert (errors["id"].to_pylist(), errors["key"].to_pylist()) == (["bad"], ["bad.dac"])
+
+
+def test_export_overwrite_rewrites_every_file_and_lists_each_once(ray_session, tmp_path):
+    """`overwrite=true` starts afresh through the runner: every file is written again, and
+    the manifest and `_errors` hold each file once, however often it runs."""
+    dac = read_dac(_dac_file(12))
+    rows = dac_to_rows(dac, "good", DAC_CODECS["dac_16khz"])
+    bad = [{**r, "codes": np.full((12, 20), 4096, np.uint16)} for r in dac_to_rows(dac, "bad", DAC_CODECS["dac_16khz"])]
+    with shards.ShardWriter(str(tmp_path / "codes"), "a") as w:
+        w.write(table_from_rows(rows + bad, DAC_SHARD_SCHEMA))
+    args = (str(tmp_path / "codes"), str(tmp_path / "dac"), "--format", "dac", "--max-error-fraction=1")
+    run_export(*args)
+    for _ in range(2):
+        again = run_export(*args, "overwrite=true")
+        assert (again.rows_out, again.errors, again.skipped_done) == (1, 1, 0)
+    manifest = shards.read_table(str(tmp_path / "dac" / "_manifest"))
+    assert manifest["id"].to_pylist() == ["good.dac"]
+    assert shards.read_errors(str(tmp_path / "dac"))["key"].to_pylist() == ["bad.dac"]
+
+
+def test_a_device_failure_while_encoding_stops_the_job_not_an_error_row(tmp_path):
+    """CUDA running out of memory is the machine's failure, not the file's: it must stop
+    the job (exit 1), never become an error row that a rerun skips. No GPU here, so the
+    encoder is a stand-in that raises torch's own CUDA OutOfMemoryError (mocked: it
+    cannot happen on this CPU); bad audio still becomes an error row."""
+    import pyarrow as pa
+    import torch
+
+    write_clip(tmp_path / "a.wav", clip(0.2, 16000), 16000)
+    batch = pa.table({"source": [str(tmp_path / "a.wav")], "id": ["a"]})
+    stage = ingest.IngestStage("dac_16khz", b"not loaded", 5.0)
+    stage.setup("cpu")
+
+    class Encoder:
+        def __init__(self, error):
+            self.error = error
+
+        def compress(self, audio, rate):
+            raise self.error
+
+    stage._dac = Encoder(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        stage.process(batch)
+    stage._dac = Encoder(ValueError("audio contains NaN or infinite samples"))
+    (error,) = stage.process(batch).errors
+    assert "NaN" in error.reason and error.key == str(tmp_path / "a.wav")

@@ -16,8 +16,8 @@ import soundfile as sf
 from PIL import Image
 
 from jobs import report
-from jobs.export import prompt_slugs
 from storage import shards
+from storage.exported import prompt_slugs
 
 PROMPTS = ("dog barking", "rain")
 
@@ -177,3 +177,24 @@ def test_report_page_renders_its_charts_without_errors(tmp_path, browser):
         inked = (np.abs(region - 255).sum(-1) > 60).mean()
         colored = (region.max(-1) - region.min(-1) > 60).mean()  # bars are coloured, text and axes grey
         assert inked > 0.02 and colored > 0.01, ((x, y, w, h), inked, colored)
+
+
+def test_report_on_the_residual_stem_plays_the_residual_audio(tmp_path):
+    """With `--residual`, export writes `<slug>.wav` (target) and `<slug>.residual.wav`
+    beside it; a report of the residual rows embeds the residual file, never the target's."""
+    row = {"id": "clip", "prompt": "rain", "energy_kept": 0.5, "mask_mean": 0.5, "n_samples": 16000}
+    rows = [{**row, "stem": stem, "sample_rate": 16000} for stem in ("target", "residual")]
+    shards.write_table_atomic(str(tmp_path / "sep" / "part.parquet"), pa.Table.from_pylist(rows))
+    audio = {}
+    for stem, name in (("target", "rain.wav"), ("residual", "rain.residual.wav")):
+        buffer = io.BytesIO()
+        sf.write(buffer, np.full(800, 0.1 if stem == "target" else -0.2), 16000, format="WAV")
+        audio[stem] = buffer.getvalue()
+        (tmp_path / "wav" / "clip").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "wav" / "clip" / name).write_bytes(audio[stem])
+    for stem in ("target", "residual"):
+        out = tmp_path / f"{stem}.html"
+        args = ["--input", str(tmp_path / "sep"), "--output", str(out), "--audio", str(tmp_path / "wav")]
+        report.run(report.parse_args([*args, f"stem={stem}"]))
+        (player,) = [s for s in out.read_text().split('src="')[1:] if s.startswith("data:audio")]
+        assert base64.b64decode(player.split(",", 1)[1].split('"', 1)[0]) == audio[stem], stem

@@ -11,7 +11,7 @@ import torch
 
 from codecsep_core import Masker, MaskerConfig, masker_to_bytes
 from jobs import resolve
-from jobs.runtime import UsageError
+from jobs.engine import DeviceUnavailable, UsageError, check_device
 from storage import fs as sfs
 from storage.prompt_table import PromptTable, write_prompt_table
 
@@ -126,9 +126,9 @@ def test_gpus_asked_for_without_cuda_is_an_error_within_seconds(tmp_path, tables
 
 
 def test_the_device_check_in_an_actor_refuses_cuda_it_does_not_have():
-    with pytest.raises(resolve.DeviceUnavailable, match="CUDA is not available"):
-        resolve.check_device("cuda")
-    resolve.check_device("cpu")
+    with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
+        check_device("cuda")
+    check_device("cpu")
 
 
 def test_codec_follows_from_the_weights_and_a_contradicting_codec_is_refused(dac16_checkpoint):

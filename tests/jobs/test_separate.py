@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from codecsep_core import Masker, MaskerConfig, Separator, masker_to_bytes
-from jobs.runtime import RunOptions
+from jobs.engine import RunOptions
 from jobs.separate import SeparateConfig, run
 from storage import fs as sfs
 from storage.prompt_table import PromptTable, write_prompt_table

@@ -248,9 +248,15 @@ def test_dnr_layout_prepare_train_evaluate(tmp_path, ray_session, dac_weights):
 
 
 def test_train_resumes_from_latest_checkpoint_after_kill(synthetic_sets, tmp_path, lost_machine):
-    out = tmp_path / "run"
+    out, runs = tmp_path / "run", tmp_path / "ray_train"
     args = train_args(
-        synthetic_sets / "data", out, synthetic_sets / "codec.pth", "max_steps=20", "val_every=20", "checkpoint_every=5"
+        synthetic_sets / "data",
+        out,
+        synthetic_sets / "codec.pth",
+        "max_steps=20",
+        "val_every=20",
+        "checkpoint_every=5",
+        f"ray_storage_path={runs}",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.train", *args],
@@ -274,4 +280,24 @@ def test_train_resumes_from_latest_checkpoint_after_kill(synthetic_sets, tmp_pat
     assert report.extra["step"] == 20 and report.rows_out == 20 - step
     assert train.latest_checkpoint(str(out))[0] == 20
     assert (out / "masker.safetensors").exists()
-    assert train.run(train.parse_args(args)).rows_out == 0  # a rerun after success trains nothing
+    trainer_runs = sorted(runs.iterdir())
+    masker = (out / "masker.safetensors").read_bytes()
+    (out / "masker.safetensors").unlink()  # as if the call that reached max_steps died before writing it
+    again = train.run(train.parse_args(args))
+    assert again.rows_out == 0 and again.extra["step"] == 20  # a rerun after success trains nothing
+    assert sorted(runs.iterdir()) == trainer_runs  # ... and starts no Ray Train worker
+    assert (out / "masker.safetensors").read_bytes() == masker  # the masker file, from the last checkpoint
+
+
+def test_train_leaves_ray_datas_context_as_it_found_it(synthetic_sets, tmp_path):
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.enable_progress_bars
+    ctx.enable_progress_bars = True
+    try:
+        args = train_args(synthetic_sets / "data", tmp_path / "run", synthetic_sets / "codec.pth", "max_steps=2")
+        train.run(train.parse_args([*args, "val_every=2", "checkpoint_every=2"]))
+        assert DataContext.get_current().enable_progress_bars is True
+    finally:
+        ctx.enable_progress_bars = before

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.sources import ERROR, WHOLE_SHARD_BYTES, _read_shards
+from jobs.engine.columns import ERROR
+from jobs.engine.sources import WHOLE_SHARD_BYTES, _read_shards
 from storage import fs as sfs
 
 RANGED = WHOLE_SHARD_BYTES + 1  # the size the listing reports: anything above it is read in ranges

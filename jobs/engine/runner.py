@@ -19,33 +19,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import resource
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import sources
-from jobs.runtime import JobReport, RayOptions, RunOptions, init_ray
-from jobs.sinks import ShardSink
-from jobs.sources import ERROR_ID, ERROR_PROMPT
-from jobs.stage import Stage
+from jobs.engine import sources
+from jobs.engine.cluster import actor_env, check_cluster_gpus, check_device, cluster_state, device_for, init_ray
+from jobs.engine.columns import ERROR, ERROR_ID, ERROR_PROMPT, SOURCE, done_rows, error_table, with_private_columns
+from jobs.engine.errors import JobFailed, JobStalled
+from jobs.engine.options import RayOptions, RunOptions
+from jobs.engine.report import JobReport
+from jobs.engine.sinks import ShardSink
+from jobs.engine.stage import ErrorRow, Stage
+from jobs.engine.tally import batch_digest, start_tally
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.runner")
-
-
-class JobFailed(RuntimeError):
-    """The job ran but must exit non-zero; `report` holds the counts, `exit_code` the reason."""
-
-    def __init__(self, message: str, report: JobReport, exit_code: int):
-        super().__init__(message)
-        self.report, self.exit_code = report, exit_code
 
 
 @dataclass(frozen=True)
@@ -57,127 +52,97 @@ class Shards:
 
 @dataclass(frozen=True)
 class Items:
-    """Work items planned on the driver, one row each; they carry the stage's key column
-    (and `sources.ERROR` for items that are errors already, e.g. duplicate ids)."""
+    """Work items planned on the driver, one row each, carrying the stage's key column;
+    `errors` are the items the planner found to be errors already (duplicate ids,
+    unreadable inputs): they go to `_errors` and count as done like any error row."""
 
     table: pa.Table
+    errors: list[ErrorRow] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows + len(self.errors)
 
 
 # --------------------------------------------------------------------------- actors
 
 
-def _tally_actor():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class Tally:
-        """Counters the read tasks and stage actors report, once per `part` (a shard, a
-        batch): a part counted again (a retried task, a block Ray recomputes after a node
-        loss) replaces its earlier counts, so the report counts each row once. `peak_*`
-        keep the maximum."""
-
-        def __init__(self):
-            self.totals: dict[str, float] = {}
-            self.parts: dict[str, dict[str, float]] = {}
-
-        def add(self, part: str, **values):
-            before = self.parts.get(part, {})
-            self.parts[part] = values
-            for k, v in values.items():
-                if k.startswith("peak_"):
-                    self.totals[k] = max(self.totals.get(k, 0), v)
-                else:
-                    self.totals[k] = self.totals.get(k, 0) + v - before.get(k, 0)
-
-        def get(self):
-            return self.totals
-
-    # On the head node: worker nodes come and go (preemption), the head does not, and the
-    # counts must survive (a driver on a worker node's machine would attach to that node).
-    return Tally.options(resources={"node:__internal_head__": 0.001}).remote()
-
-
 class StageActor:
     """Ray Data callable class around a stage: `setup()` once, then batch after batch."""
 
-    def __init__(self, stage: Stage, tally, device: str, cpu_threads: int):
+    def __init__(self, stage: list, tally, device: str, cpu_threads: int):
+        import ray
         import torch
-
-        from jobs.resolve import check_device
 
         torch.set_num_threads(cpu_threads)  # Ray pins OMP threads to 1 in workers
         check_device(device)
-        self.stage, self.tally = stage, tally
-        stage.setup(device)
+        (ref,) = stage  # in a list, so that Ray hands over the reference, not the value
+        self.stage, self.tally = ray.get(ref), tally
+        self.stage.setup(device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        failed = pc.is_valid(batch[sources.ERROR])
+        key = self.stage.key
+        failed = pc.is_valid(batch[ERROR])
         early = batch.filter(failed)
         todo = batch.filter(pc.invert(failed))
         t0 = time.perf_counter()
         out = self.stage.process(todo) if todo.num_rows else None
-        kept = [c for c in (self.stage.key, sources.SOURCE, sources.ERROR, ERROR_ID) if c in early.column_names]
+        kept = [c for c in (key, SOURCE, ERROR, ERROR_ID, ERROR_PROMPT) if c in early.column_names]
         parts = [early.select(kept)] if early.num_rows else []
-        for rows in (out.rows, out.side) if out is not None else ():
-            if rows is not None and rows.num_rows:
-                if sources.ERROR not in rows.column_names:
-                    rows = rows.append_column(sources.ERROR, pa.nulls(rows.num_rows, pa.string()))
-                parts.append(rows)
-        errors = out.errors if out is not None else []
-        if errors:
-            parts.append(self._error_rows(errors))
+        if out is not None:
+            parts += [with_private_columns(t) for t in (out.rows, out.side) if t is not None and t.num_rows]
+            if out.done:
+                parts.append(with_private_columns(done_rows(key, out.done)))
+            if out.errors:
+                parts.append(error_table(key, with_sources(out.errors, todo, key)))
         self.tally.add.remote(
-            "batch:" + batch_digest(batch, self.stage.key),
+            "batch:" + batch_digest(batch, key),
             rows=batch.num_rows,
             rows_out=out.rows.num_rows if out is not None and out.rows is not None else 0,
-            errors=early.num_rows + len(errors),
+            errors=early.num_rows + (len(out.errors) if out is not None else 0),
             process_s=time.perf_counter() - t0,
             peak_actor_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **(out.tally if out is not None else {}),
         )
         if not parts:
-            return pa.table({self.stage.key: pa.array([], pa.string()), sources.ERROR: pa.array([], pa.string())})
+            return pa.table({key: pa.array([], pa.string()), ERROR: pa.array([], pa.string())})
         return pa.concat_tables(parts, promote_options="permissive")
 
-    def _error_rows(self, errors) -> pa.Table:
-        return pa.table(
-            {
-                self.stage.key: pa.array([e.key for e in errors], pa.string()),
-                sources.SOURCE: pa.array([e.source for e in errors], pa.string()),
-                sources.ERROR: pa.array([e.reason for e in errors], pa.string()),
-                ERROR_ID: pa.array([e.key if e.id is None else e.id for e in errors], pa.string()),
-                ERROR_PROMPT: pa.array([e.prompt for e in errors], pa.string()),
-            }
-        )
 
-
-def batch_digest(batch: pa.Table, key: str) -> str:
-    """The same input rows give the same digest, whichever task or actor runs them."""
-    rows = zip(batch[key].to_pylist(), batch[sources.SOURCE].to_pylist())
-    return hashlib.sha1("\x00".join(f"{k}\x01{s}" for k, s in rows).encode()).hexdigest()
+def with_sources(errors: list[ErrorRow], batch: pa.Table, key: str) -> list[ErrorRow]:
+    """Error rows that name no source get the input their key came from."""
+    if all(e.source is not None for e in errors):
+        return errors
+    where = dict(zip(batch[key].to_pylist(), batch[SOURCE].to_pylist()))
+    return [e if e.source is not None else replace(e, source=where.get(e.key)) for e in errors]
 
 
 # --------------------------------------------------------------------------- driver
 
 
 @contextmanager
-def checkpointed(checkpoint_uri: str, key: str, s3: sfs.S3Options, show_progress: bool):
+def data_context(checkpoint_uri: str, key: str, s3: sfs.S3Options, show_progress: bool):
     """Ray Data's settings for one job, restored afterwards: the DataContext is
-    process-global, and the next job in the same driver must not inherit the checkpoint."""
+    process-global, and the next job in the same driver must not inherit the checkpoint.
+    Progress bars are Ray Data's rich progress display: in Ray 2.60 its tqdm bars (the
+    default, `use_ray_tqdm`) print nothing from a driver on a terminal."""
     from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
 
     ctx = DataContext.get_current()
-    saved = ctx.checkpoint_config, ctx.enable_progress_bars
+    names = ("checkpoint_config", "enable_progress_bars", "enable_rich_progress_bars", "use_ray_tqdm")
+    saved = {name: getattr(ctx, name) for name in names}
     fs, path = sfs.pyarrow_filesystem(checkpoint_uri, s3)
     ctx.checkpoint_config = CheckpointConfig(
         id_column=key, checkpoint_path=path, delete_checkpoint_on_success=False, override_filesystem=fs
     )
-    ctx.enable_progress_bars = show_progress
+    ctx.enable_progress_bars = ctx.enable_rich_progress_bars = show_progress
+    ctx.use_ray_tqdm = False
     try:
         yield
     finally:
-        ctx.checkpoint_config, ctx.enable_progress_bars = saved
+        for name, value in saved.items():
+            setattr(ctx, name, value)
 
 
 def forget_errors(output: str, checkpoint_uri: str, stage: Stage, s3: sfs.S3Options) -> int:
@@ -209,6 +174,24 @@ def forget_errors(output: str, checkpoint_uri: str, stage: Stage, s3: sfs.S3Opti
     return len(keys)
 
 
+def forget_runs(output: str, checkpoint_uri: str, stage: Stage, s3: sfs.S3Options) -> None:
+    """Start afresh: drop the resume state, then the rows earlier runs wrote (the stage's
+    output shards and `_errors`), so that every input is due and nothing is written twice.
+    Files the stage writes itself (export's) are rewritten under the same names."""
+    from storage import shards
+
+    for uri in [checkpoint_uri] + [sfs.join(output, f) for f in stage.folders if f]:
+        if sfs.exists(uri, s3):
+            fs, path = sfs.resolve(uri, s3)
+            fs.rm(path, recursive=True)
+    errors = sfs.join(output, shards.ERRORS_DIR)
+    for uri in (shards.list_shards(output, s3) if "" in stage.folders and sfs.exists(output, s3) else []) + (
+        shards.list_shards(errors, s3) if sfs.exists(errors, s3) else []
+    ):
+        fs, path = sfs.resolve(uri, s3)
+        fs.rm_file(path)
+
+
 def checkpoint_uri(output: str, options: RunOptions) -> str:
     """Beside the output, never under it: Ray Data's recovery deletes files by name prefix there."""
     return options.checkpoint_path or output.rstrip("/") + ".checkpoint"
@@ -222,16 +205,19 @@ def run_stage(
     options: RunOptions,
     report: JobReport,
     s3: sfs.S3Options | None = None,
+    fresh: bool = False,
 ) -> JobReport:
-    """Run `stage` over `inputs` into `output`; fills and returns `report`. Raises
-    `JobFailed` (after everything is written) when errors exceed the error budget, or when
-    the job stalls."""
+    """Run `stage` over `inputs` into `output`; fills and returns `report`. `fresh`: forget
+    earlier runs first (`forget_runs`). Raises `JobFailed` (after everything is written)
+    when errors exceed the error budget, or when the job stalls."""
     s3 = (s3 or sfs.S3Options()).with_env_defaults()
     t_start = time.perf_counter()
     checkpoint = checkpoint_uri(output, options)
     for uri in (output, checkpoint):
         sfs.check_bucket(uri, s3)
-    if options.retry_errors:
+    if fresh:
+        forget_runs(output, checkpoint, stage, s3)
+    elif options.retry_errors:
         log.info(
             "%s: %d input(s) that failed before are due again", stage.name, forget_errors(output, checkpoint, stage, s3)
         )
@@ -240,20 +226,18 @@ def run_stage(
             files = sfs.list_file_sizes(inputs.uri, [".parquet"], s3)
         total, what = len(files), "shard(s)"
     else:
-        files, total, what = [], inputs.table.num_rows, "item(s)"
+        files, total, what = [], inputs.num_rows, "item(s)"
     log.info("%s: %d input %s", stage.name, total, what)
     if total:
         ray = init_ray(ray_options)
-        from jobs.resolve import check_cluster_gpus
-
         check_cluster_gpus(ray, ray_options.num_gpus_per_actor)
-        tally = _tally_actor()
+        tally = start_tally()
         source = (
             sources.ShardsSource(files, stage.key, ray_options.batch_size, s3, tally)
             if isinstance(inputs, Shards)
-            else sources.ItemsSource(inputs.table, ray_options.batch_size, tally)
+            else sources.ItemsSource(inputs.table, inputs.errors, stage.key, ray_options.batch_size, tally)
         )
-        with report.stage("pipeline"), checkpointed(checkpoint, stage.key, s3, options.progress_bars):
+        with report.stage("pipeline"), data_context(checkpoint, stage.key, s3, options.show_progress):
             _execute(ray, stage, source, output, ray_options, options, s3, tally, report)
         totals = ray.get(tally.get.remote(), timeout=60)
         ray.kill(tally)
@@ -289,13 +273,11 @@ def _fill(report: JobReport, totals: dict) -> None:
 def _execute(ray, stage, source, output, ray_options: RayOptions, options: RunOptions, s3, tally, report) -> None:
     from ray.data import ActorPoolStrategy
 
-    from jobs.resolve import device_for
-
     ds = ray.data.read_datasource(source)
     ds = ds.map_batches(
         StageActor,
         fn_constructor_kwargs=dict(
-            stage=stage,
+            stage=[ray.put(stage)],  # model bytes go to the object store once, not with every actor
             tally=tally,
             device=device_for(ray_options.num_gpus_per_actor),
             cpu_threads=max(1, int(ray_options.num_cpus_per_actor)),
@@ -323,16 +305,6 @@ def _execute(ray, stage, source, output, ray_options: RayOptions, options: RunOp
         raise failure[0]
 
 
-def actor_env() -> dict:
-    """The driver's object-storage settings (AWS_* variables) and warning filters, passed on
-    to the stage's actors, whose workers may have started before they were set, or on
-    other nodes."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k == "PYTHONWARNINGS"}
-    return {"runtime_env": {"env_vars": env}} if env else {}
-
-
 def _watch(writer: threading.Thread, tally, name: str, options: RunOptions, ray) -> None:
     """Wait for the write, logging progress; stop the job when nothing completes for
     `stall_timeout_s` (the wait for the tally itself is bounded too)."""
@@ -355,27 +327,9 @@ def _watch(writer: threading.Thread, tally, name: str, options: RunOptions, ray)
                 totals.get("audio_s", 0.0) / 3600,
             )
         elif writer.is_alive() and time.monotonic() - last_change > options.stall_timeout_s:
-            state = _cluster_state(ray)
+            state = cluster_state(ray)
             ray.shutdown()  # ends this driver's actors and tasks; the checkpoint keeps what was written
             raise JobStalled(
                 f"{name}: no row completed for {options.stall_timeout_s:.0f} s; {state}. "
                 "Rerun the same command to resume once the cluster has room."
             )
-
-
-class JobStalled(RuntimeError):
-    """No progress within the configured bound: exit non-zero instead of hanging."""
-
-
-def _cluster_state(ray) -> str:
-    """What the job waits for, in a line: free resources and actors not alive."""
-    try:
-        from ray.util.state import list_actors
-
-        waiting = [
-            a for a in list_actors(timeout=10) if a.state in ("PENDING_CREATION", "RESTARTING", "DEPENDENCIES_UNREADY")
-        ]
-        states = ", ".join(f"{a.class_name} {a.state.lower()}" for a in waiting[:8]) or "no actor pending or restarting"
-        return f"actors waiting: {states}; free resources: {ray.available_resources()}"
-    except Exception as e:  # noqa: BLE001 - diagnostics must not mask the stall itself
-        return f"(cluster state unavailable: {type(e).__name__})"

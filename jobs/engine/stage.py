@@ -5,7 +5,7 @@ processing stages and Ray's batch-inference pattern: it declares its resources a
 column that identifies an input row (its key), loads its models once per actor in
 `setup()`, and turns a batch into output rows and error rows in `process()`. Everything
 else (listing and reading inputs, resume, `_errors`, the sink, progress, the tally, the
-report, Ray settings) belongs to `jobs.runner`, written once.
+report, Ray settings) belongs to the engine's runner (`jobs.engine.runner`), written once.
 """
 
 from __future__ import annotations
@@ -23,25 +23,33 @@ class BadInput(ValueError):
 @dataclass(frozen=True)
 class ErrorRow:
     """An input the stage could not process. `key` is the input row's key, so that resume
-    skips it like a done row; `id` is the clip id of the error row when it is not the key."""
+    skips it like a done row; `id` is the clip id of the error row when it is not the key,
+    and `named=False` says there is none (a file with no rows to name)."""
 
     key: str
     reason: str
     source: str | None = None
     id: str | None = None
     prompt: str | None = None
+    named: bool = True
+
+    @property
+    def clip_id(self) -> str | None:
+        return None if not self.named else self.key if self.id is None else self.id
 
 
 @dataclass
 class StageOutput:
     """What `process` returns: output rows (carrying the stage's key column), error rows,
     and counters the runner sums over the job (e.g. `audio_s`, per-step seconds). `side`
-    rows are written like output rows (to the folder their `_dir` names) but are not
-    counted as output: select's manifest entries, `_done` markers."""
+    rows are written like output rows (to the folder `in_folder` bound them for) but are
+    not counted as output: select's manifest entries. `done` names input keys that yield
+    nothing and are done all the same (select's row with no active span)."""
 
     rows: pa.Table | None = None
     errors: list[ErrorRow] = field(default_factory=list)
     side: pa.Table | None = None
+    done: list[str] = field(default_factory=list)
     tally: dict[str, float] = field(default_factory=dict)
 
 
@@ -51,6 +59,9 @@ class Stage:
 
     name: ClassVar[str]  # the job's name: the `stage` column of its error rows
     key: ClassVar[str] = "id"  # column naming an input row, in inputs, outputs and resume
+    # Sub-folders of the output its rows are written to ("": the output folder itself), each
+    # with `in_folder`; what a fresh start (`run_stage(fresh=True)`) clears besides `_errors`.
+    folders: ClassVar[tuple[str, ...]] = ("",)
 
     def setup(self, device: str) -> None:
         """Once per actor, before the first batch: load models onto `device` here."""

@@ -4,7 +4,7 @@ Both are Ray Data datasources, i.e. Read operators, which is what Ray Data's row
 checkpoint filter attaches to: rows whose key is already done are dropped right after the
 read, so every job resumes the same way. The driver only lists files; footers and rows are
 read by the read tasks, in parallel. A shard that is not Parquet, or a row with no key, is
-an error row from the start (`ERROR` set): it flows through the pipeline to `_errors` and
+an error row from the start (`columns.ERROR` set): it flows through the pipeline to `_errors` and
 into the checkpoint like any row, so a rerun does not report it twice. Failures to reach
 storage are not data problems: they raise, and the job stops.
 """
@@ -22,34 +22,19 @@ import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from jobs.engine.columns import SOURCE, error_table, with_private_columns
+from jobs.engine.stage import ErrorRow
 from storage import fs as sfs
 
 log = logging.getLogger("codecsep.sources")
 
-# The pipeline's own columns ('_' names never reach a data file; see jobs.sinks).
-ERROR = "_error"  # why a row cannot be processed; null on good rows
-SOURCE = "_source"  # the input file a row came from
-ERROR_ID = "_error_id"  # clip id of an error row (null for a file with no rows to name)
-ERROR_PROMPT = "_error_prompt"  # prompt an error row is about, if one
-DIR = "_dir"  # sub-folder of the output a row is written to
-DONE_ONLY = "_done"  # a DIR for a row that only marks its key done (an input that yields nothing): written nowhere
-
 
 def _mark(table: pa.Table, source: str) -> pa.Table:
-    n = table.num_rows
-    table = table.append_column(SOURCE, pa.array([source] * n, pa.string()))
-    return table.append_column(ERROR, pa.nulls(n, pa.string()))
+    return with_private_columns(table.append_column(SOURCE, pa.array([source] * table.num_rows, pa.string())))
 
 
 def error_block(key: str, keys: list[str], source: str, reason: str) -> pa.Table:
-    n = len(keys)
-    return pa.table(
-        {
-            key: pa.array(keys, pa.string()),
-            SOURCE: pa.array([source] * n, pa.string()),
-            ERROR: pa.array([reason] * n, pa.string()),
-        }
-    )
+    return error_table(key, [ErrorRow(k, reason, source, named=False) for k in keys])
 
 
 def _keyed(table: pa.Table, key: str, source: str, first_row: int) -> list[pa.Table]:
@@ -120,7 +105,7 @@ def _parse_shard(source, uri: str, key: str, rows_per_block: int):
             yield from _keyed(table, key, uri, first)
             first += table.num_rows
     except _StorageReadFailed as e:
-        raise e.__cause__ from None
+        raise e.__cause__ or e from None
     except (pa.ArrowException, OSError, ValueError) as e:
         where = f" after row {first}" if first else ""
         yield error_block(key, [uri], uri, f"unreadable shard{where} (not a Parquet file of rows with {key!r}): {e}")
@@ -160,7 +145,9 @@ class ShardsSource(Datasource):
             _read_shards, key=self.key, rows_per_block=self.rows_per_block, s3=self.s3, tally=self.tally
         )
         return [
-            ReadTask(functools.partial(read, group), BlockMetadata(None, None, None, input_files=[u for u, _ in group]))
+            ReadTask(
+                functools.partial(read, group), BlockMetadata(None, None, None, input_files=tuple(u for u, _ in group))
+            )
             for group in groups
         ]
 
@@ -173,13 +160,14 @@ def _read_items(table: pa.Table, first: int, tally):
 
 class ItemsSource(Datasource):
     """Work items a job planned on the driver (one row per file to ingest, file to export,
-    mixture to make), in blocks of `rows_per_block` rows."""
+    mixture to make), and the items its planner found to be errors already, in blocks of
+    `rows_per_block` rows."""
 
-    def __init__(self, items: pa.Table, rows_per_block: int, tally=None):
+    def __init__(self, items: pa.Table, errors: list[ErrorRow], key: str, rows_per_block: int, tally=None):
         super().__init__()
-        for name in (ERROR, SOURCE, ERROR_ID):
-            if name not in items.column_names:
-                items = items.append_column(name, pa.nulls(items.num_rows, pa.string()))
+        items = with_private_columns(items)
+        if errors:
+            items = pa.concat_tables([items, error_table(key, errors)], promote_options="permissive")
         self.items, self.rows_per_block, self.tally = items, rows_per_block, tally
 
     def estimate_inmemory_data_size(self) -> int | None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from jobs.engine.logs import setup_logging
+
 CONFIG_DIR = Path(str(importlib.resources.files("configs")))
 
 
@@ -127,8 +129,6 @@ class JobParser(argparse.ArgumentParser):
 
     def parse_config(self, argv: list[str] | None):
         """argv -> the job's config: YAML <- flags and paths <- overrides."""
-        from jobs.runtime import setup_logging
-
         args = self.parse_intermixed_args(argv)
         setup_logging(args.verbose)
         overrides = [v for v in args.args if _OVERRIDE.match(v)]

@@ -7,8 +7,8 @@ recursively under the output folder, so the `_errors/` and sub-folder files of t
 write go too). Every file of one block therefore shares the block's base name, and is
 written whole (`storage.fs.write_bytes_atomic`), so no reader sees half a shard.
 
-Columns whose names start with '_' are the pipeline's own (`sources.ERROR`, `sources.SOURCE`,
-`DIR`, ...) and never reach a data file. A row's `DIR` value, when the stage sets one,
+Columns whose names start with '_' are the pipeline's own (`jobs.engine.columns`) and
+never reach a data file. A row's `DIR` value, when the stage sets one (`in_folder`),
 names the sub-folder of the output it goes to (prepare-train's `train/` and `val/`,
 export's and select's `_manifest/`), with the columns those rows fill (`folder_columns`).
 """
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from ray.data.block import BlockAccessor
 from ray.data.datasource.file_datasink import BlockBasedFileDatasink
 
-from jobs.sources import DIR, DONE_ONLY, ERROR, ERROR_ID, ERROR_PROMPT, SOURCE
+from jobs.engine.columns import DIR, DONE_ONLY, ERROR, ERROR_ID, ERROR_PROMPT, SOURCE
 from storage import fs as sfs
 from storage import shards
 from storage.schema import ERRORS_SCHEMA

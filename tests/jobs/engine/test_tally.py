@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from jobs.runner import _tally_actor, batch_digest
+from jobs.engine.tally import batch_digest, start_tally
 
 
 def test_the_tally_counts_a_part_once_however_often_it_is_reported(ray_session):
@@ -10,7 +10,7 @@ def test_the_tally_counts_a_part_once_however_often_it_is_reported(ray_session):
     part again: the report must count its rows once."""
     import ray
 
-    tally = _tally_actor()
+    tally = start_tally()
     tally.add.remote("batch:a", rows=4, rows_out=8, peak_actor_rss_mb=10.0)
     tally.add.remote("batch:b", rows=2, rows_out=4)
     tally.add.remote("batch:a", rows=4, rows_out=8, peak_actor_rss_mb=12.0)

@@ -1,0 +1,69 @@
+"""The engine every job runs on: its one public face. Jobs import from here, never from
+the modules behind it; the engine imports no job, no `jobs.resolve` and no
+`codecsep_core` (tests/test_layers.py checks both).
+
+- the stage model (`Stage`, `StageOutput`, `ErrorRow`, `BadInput`, `in_folder`) and the
+  one runner (`run_stage` over `Shards` or planned `Items`);
+- settings (`RayOptions`, `RunOptions`, `add_ray_arguments`), typed configs
+  (`JobParser`, `load_config`, ...), logging, Ray start-up and device checks;
+- the failures a job ends with (`errors`) and its closing `JobReport`.
+"""
+
+from jobs.engine.cluster import check_cluster_gpus, check_device, device_for, init_ray
+from jobs.engine.columns import in_folder
+from jobs.engine.config import CONFIG_DIR, SRC_DST, JobParser, default_config_path, load_config, require, to_dict
+from jobs.engine.errors import (
+    EXIT_ERROR_BUDGET,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STALLED,
+    EXIT_USAGE,
+    DeviceUnavailable,
+    JobFailed,
+    JobStalled,
+    UsageError,
+    failure_reason,
+)
+from jobs.engine.logs import setup_logging, verbose
+from jobs.engine.options import RayOptions, RunOptions, add_ray_arguments
+from jobs.engine.report import JobReport
+from jobs.engine.runner import Items, Shards, run_stage
+from jobs.engine.stage import BadInput, ErrorRow, Stage, StageOutput
+
+__all__ = [
+    "EXIT_ERROR_BUDGET",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_STALLED",
+    "EXIT_USAGE",
+    "CONFIG_DIR",
+    "SRC_DST",
+    "BadInput",
+    "DeviceUnavailable",
+    "ErrorRow",
+    "Items",
+    "JobFailed",
+    "JobParser",
+    "JobReport",
+    "JobStalled",
+    "RayOptions",
+    "RunOptions",
+    "Shards",
+    "Stage",
+    "StageOutput",
+    "UsageError",
+    "add_ray_arguments",
+    "check_cluster_gpus",
+    "check_device",
+    "default_config_path",
+    "device_for",
+    "failure_reason",
+    "in_folder",
+    "init_ray",
+    "load_config",
+    "require",
+    "run_stage",
+    "setup_logging",
+    "to_dict",
+    "verbose",
+]
