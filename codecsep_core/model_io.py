@@ -53,6 +53,24 @@ def unpack(src: Source, fmt: str) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, json.loads(meta["config"])
 
 
+def content_digest(src: Source) -> str:
+    """A digest of what a model file holds (its tensors and string metadata), not of its
+    bytes: safetensors orders the header's metadata differently from one save to the next,
+    so the same model saved twice has other bytes but the same digest."""
+    import hashlib
+
+    from safetensors.torch import load
+
+    data = read_source(src)
+    tensors = load(data)
+    h = hashlib.sha256(json.dumps(metadata(data), sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def write(path: str | Path, data: bytes) -> None:
     """Local write that never leaves a half-written file under the final name."""
     path = Path(path)

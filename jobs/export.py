@@ -26,6 +26,7 @@ every file is written atomically, so a crash never leaves a partial one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -40,15 +41,18 @@ from jobs.engine import (
     SRC_DST,
     BadInput,
     ErrorRow,
+    InputFile,
     Items,
     JobParser,
     JobReport,
+    Planned,
     RayOptions,
     RunOptions,
     Stage,
     StageOutput,
     add_ray_arguments,
     in_folder,
+    listed_files,
     require,
     run_stage,
 )
@@ -64,6 +68,7 @@ log = logging.getLogger("codecsep.export")
 FORMATS = ("wav", "flac", "dac")
 KEY_COLUMNS = ("id", "prompt", "stem", "codec", "dac_channel", "dac_channels")
 MANIFEST_DIR = "_manifest"
+MANIFEST_ROW_BYTES = 100.0  # a manifest row: the file, its clip id, prompt, seconds and format
 
 
 @dataclass(frozen=True)
@@ -98,9 +103,29 @@ class ExportStage(Stage):
     key = "id"  # the file's path under the output folder
     folders = (MANIFEST_DIR,)
 
-    def __init__(self, output: str, fmt: str, subtype: str, weights: bytes | None, window_seconds: float):
+    def __init__(self, output: str, fmt: str, subtype: str, weights_uri: str | None, window_seconds: float):
         self.output, self.fmt, self.subtype = output, fmt, subtype
-        self.weights, self.window_seconds = weights, window_seconds
+        self.weights_uri, self.window_seconds = weights_uri, window_seconds
+        self.weights: bytes | None = None
+
+    def prepare(self, due: pa.Table | None) -> None:
+        """Audio needs the decoder of the codec the due rows name (`--codec-weights`, else
+        DAC's official model for it); `.dac` files need no model."""
+        if self.fmt == "dac" or due is None or not due.num_rows:
+            return
+        codecs = {c for c in due["codec"].to_pylist() if c is not None}
+        if len(codecs) > 1 and not self.weights_uri:
+            raise ValueError(f"rows of several codecs {sorted(codecs)}: export each with its --codec-weights")
+        self.weights, _ = resolve.codec_weights(
+            self.weights_uri, None if self.weights_uri else next(iter(codecs), None)
+        )
+
+    def settings(self) -> dict[str, str]:
+        weights = {"codec_weights": hashlib.sha256(self.weights).hexdigest()[:16]} if self.weights else {}
+        return {"format": self.fmt, "subtype": self.subtype, **weights}
+
+    def output_row_bytes(self, input_row_bytes: float) -> float:
+        return MANIFEST_ROW_BYTES
 
     def setup(self, device: str) -> None:
         from codecsep_core.dac_codec import DacCodec
@@ -215,22 +240,25 @@ def _safe_id(clip_id: str) -> bool:
     return bool(clip_id) and not clip_id.startswith("/") and ".." not in parts and "" not in parts
 
 
-def plan_files(src: str, ext: str) -> tuple[Items, set[str]]:
-    """-> (one item per output file, plus error items for unreadable shards and unsafe ids;
-    the codecs the rows name). Shard keys are read in parallel threads (I/O bound)."""
+def plan_files(due: list[InputFile], ext: str) -> Items:
+    """One item per output file of the due shards, plus error items for unreadable shards
+    and unsafe ids. Shard keys are read in parallel threads (I/O bound). The rows of one
+    file may sit in several shards: they are grouped when those shards are due together
+    (the runner keeps them in one wave)."""
     groups: dict[tuple[str, str | None, str | None], list[tuple[str, int]]] = defaultdict(list)
-    errors, codecs = [], set()
-    files = shards.list_shards(src)
+    codec_of: dict[tuple[str, str | None, str | None], str | None] = {}
+    errors = []
+    files = [f.uri for f in due]
     with ThreadPoolExecutor(max_workers=16) as pool:
         for shard, keys in zip(files, pool.map(read_keys, files)):
             if isinstance(keys, str):
                 errors.append(ErrorRow(shard, keys, shard, named=False))
                 continue
-            if "codec" in keys.column_names:
-                codecs.update(c for c in keys["codec"].unique().to_pylist() if c is not None)
             for index, row in enumerate(keys.to_pylist()):
                 base = dac_source_id(row) if row.get("dac_channels") is not None else row["id"]
-                groups[(base, row.get("prompt"), row.get("stem"))].append((shard, index))
+                group = (base, row.get("prompt"), row.get("stem"))
+                groups[group].append((shard, index))
+                codec_of.setdefault(group, row.get("codec"))
     slugs = prompt_slugs(p for _, p, _ in groups if p is not None)
     items = []
     for (base, prompt, stem), refs in groups.items():
@@ -239,12 +267,18 @@ def plan_files(src: str, ext: str) -> tuple[Items, set[str]]:
             reason = f"id {base!r} cannot name a file under the output folder"
             errors.append(ErrorRow(f"{shard}#row{row}", reason, shard, id=base, prompt=prompt, named=base is not None))
             continue
-        out = file_name(base, ext, None if prompt is None else slugs[prompt], stem)
         items.append(
-            {"id": out, "clip_id": base, "prompt": prompt, "shards": [s for s, _ in refs], "rows": [i for _, i in refs]}
+            {
+                "id": file_name(base, ext, None if prompt is None else slugs[prompt], stem),
+                "clip_id": base,
+                "prompt": prompt,
+                "codec": codec_of[(base, prompt, stem)],
+                "shards": [s for s, _ in refs],
+                "rows": [i for _, i in refs],
+            }
         )
     items.sort(key=lambda it: (it["shards"][0], it["rows"][0]))
-    return Items(pa.Table.from_pylist(items, ITEM_SCHEMA), errors), codecs
+    return Items(pa.Table.from_pylist(items, ITEM_SCHEMA), errors, inputs="shards")
 
 
 ITEM_SCHEMA = pa.schema(
@@ -252,6 +286,7 @@ ITEM_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("clip_id", pa.string()),
         ("prompt", pa.string()),
+        ("codec", pa.string()),
         ("shards", pa.list_(pa.string())),
         ("rows", pa.list_(pa.int64())),
     ]
@@ -261,19 +296,10 @@ ITEM_SCHEMA = pa.schema(
 def run(cfg: ExportConfig) -> JobReport:
     cfg.check()
     report = JobReport(ExportStage.name)
-    with report.stage("plan"):
-        items, codecs = plan_files(cfg.input, cfg.format)
-    weights = None
-    if cfg.format != "dac" and items.table.num_rows:
-        if len(codecs) > 1 and not cfg.codec_weights:
-            raise ValueError(f"rows of several codecs {sorted(codecs)}: export each with its --codec-weights")
-        with report.stage("load_weights"):
-            weights, _ = resolve.codec_weights(
-                cfg.codec_weights, None if cfg.codec_weights else next(iter(codecs), None)
-            )
     report.extra["format"] = cfg.format
-    stage = ExportStage(cfg.output, cfg.format, cfg.subtype, weights, cfg.window_seconds)
-    return run_stage(stage, items, cfg.output, cfg.ray, cfg.run, report, fresh=cfg.overwrite)
+    stage = ExportStage(cfg.output, cfg.format, cfg.subtype, cfg.codec_weights, cfg.window_seconds)
+    inputs = Planned(lambda: listed_files(cfg.input, (".parquet",)), lambda due, _: plan_files(due, cfg.format))
+    return run_stage(stage, inputs, cfg.output, cfg.ray, cfg.run, report, fresh=cfg.overwrite)
 
 
 def parse_args(argv: list[str] | None) -> ExportConfig:

@@ -11,6 +11,7 @@ keeps the URI of its file in `source`, the key the runner resumes on.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import posixpath
 import time
@@ -23,14 +24,17 @@ from jobs.engine import (
     SRC_DST,
     BadInput,
     ErrorRow,
+    InputFile,
     Items,
     JobParser,
     JobReport,
+    Planned,
     RayOptions,
     RunOptions,
     Stage,
     StageOutput,
     add_ray_arguments,
+    listed_files,
     require,
     run_stage,
 )
@@ -40,6 +44,7 @@ from storage.audio import AUDIO_SUFFIXES, UnreadableAudio, read_audio
 log = logging.getLogger("codecsep.ingest")
 
 DAC_SUFFIX = ".dac"
+AUDIO_TO_CODES = 20  # about how much smaller codes are than a 16-bit wav of the same clip (DAC 16 kHz: 6 kbps)
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,34 @@ class IngestStage(Stage):
     name = "ingest"
     key = "source"
 
-    def __init__(self, codec: str, weights: bytes | None, window_seconds: float):
-        self.codec_name, self.weights, self.window_seconds = codec, weights, window_seconds
+    def __init__(self, codec: str | None, weights_uri: str | None, window_seconds: float):
+        self.codec_name, self.weights_uri, self.window_seconds = (
+            codec or resolve.DEFAULT_CODEC,
+            weights_uri,
+            window_seconds,
+        )
+        self.codec_given = codec is not None
+        self.weights: bytes | None = None
         self._dac = None
+
+    def prepare(self, due: pa.Table | None) -> None:
+        """The codec follows from the weights (`--codec-weights`, else DAC's official model),
+        loaded when due audio files need an encoder or weights were given; `.dac` files
+        alone need no model."""
+        if due is None or not due.num_rows:
+            return
+        if self.weights_uri or any(not u.lower().endswith(DAC_SUFFIX) for u in due["source"].to_pylist()):
+            self.weights, info = resolve.codec_weights(self.weights_uri, self.codec_name if self.codec_given else None)
+            self.codec_name = info.name
+
+    def settings(self) -> dict[str, str]:
+        """The codec, and the weights audio is encoded with (the encoder window does not
+        change the codes: windows overlap by the receptive field)."""
+        weights = {"codec_weights": hashlib.sha256(self.weights).hexdigest()[:16]} if self.weights else {}
+        return {"codec": self.codec_name, **weights}
+
+    def output_row_bytes(self, input_row_bytes: float) -> float:
+        return input_row_bytes / AUDIO_TO_CODES
 
     def setup(self, device: str) -> None:
         from codecsep_core import DAC_CODECS
@@ -140,38 +170,47 @@ class IngestStage(Stage):
         return rows, dac.original_length / dac.sample_rate
 
 
-def plan_items(src: str) -> Items:
-    """One item per audio or .dac file under `src` (URI, id), sorted by URI. Files sharing an
-    id (`a.wav` beside `a.flac`): the first in URI order wins, the rest are error rows."""
-    suffixes = [s for suf in AUDIO_SUFFIXES + (DAC_SUFFIX,) for s in (suf, suf.upper())]
+SUFFIXES = tuple(s for suf in AUDIO_SUFFIXES + (DAC_SUFFIX,) for s in (suf, suf.upper()))
+
+
+def clip_ids(src: str, files: list[InputFile]) -> dict[str, str]:
+    """URI -> clip id: the file's path under `src` without its extension."""
     root = sfs.resolve(src)[1].rstrip("/")
-    uris, ids, errors, owner = [], [], [], {}
-    for uri in sfs.list_files(src, suffixes):
-        path = sfs.resolve(uri)[1]
-        clip_id = posixpath.splitext(posixpath.relpath(path, root) if path != root else posixpath.basename(path))[0]
-        if clip_id in owner:
+    ids = {}
+    for f in files:
+        path = sfs.resolve(f.uri)[1]
+        ids[f.uri] = posixpath.splitext(posixpath.relpath(path, root) if path != root else posixpath.basename(path))[0]
+    return ids
+
+
+def plan_items(src: str, due: list[InputFile], listed: list[InputFile]) -> Items:
+    """One item per due file (URI, id). Files sharing an id (`a.wav` beside `a.flac`, or a
+    new `a.flac` where `a.wav` was ingested before): the first in URI order of the whole
+    listing wins, the others are error rows."""
+    ids, owner = clip_ids(src, listed), {}
+    for f in listed:
+        owner.setdefault(ids[f.uri], f.uri)
+    uris, errors = [], []
+    for f in due:
+        clip_id = ids[f.uri]
+        if owner[clip_id] != f.uri:
             errors.append(
-                ErrorRow(uri, f"duplicate id {clip_id!r}: already taken by {owner[clip_id]}", uri, id=clip_id)
+                ErrorRow(f.uri, f"duplicate id {clip_id!r}: already taken by {owner[clip_id]}", f.uri, id=clip_id)
             )
-            continue
-        owner[clip_id] = uri
-        uris.append(uri)
-        ids.append(clip_id)
-    return Items(pa.table({"source": pa.array(uris, pa.string()), "id": pa.array(ids, pa.string())}), errors)
+        else:
+            uris.append(f.uri)
+    table = pa.table({"source": pa.array(uris, pa.string()), "id": pa.array([ids[u] for u in uris], pa.string())})
+    return Items(table, errors)
 
 
 def run(cfg: IngestConfig) -> JobReport:
     cfg.check()
     report = JobReport(IngestStage.name)
-    with report.stage("list_inputs"):
-        items = plan_items(cfg.input)
-    weights, codec = None, cfg.codec or resolve.DEFAULT_CODEC
-    if any(not u.lower().endswith(DAC_SUFFIX) for u in items.table["source"].to_pylist()):
-        with report.stage("load_weights"):
-            weights, info = resolve.codec_weights(cfg.codec_weights, cfg.codec)
-            codec = info.name
-    report.extra["codec"] = codec
-    return run_stage(IngestStage(codec, weights, cfg.window_seconds), items, cfg.output, cfg.ray, cfg.run, report)
+    stage = IngestStage(cfg.codec, cfg.codec_weights, cfg.window_seconds)
+    inputs = Planned(lambda: listed_files(cfg.input, SUFFIXES), lambda due, listed: plan_items(cfg.input, due, listed))
+    run_stage(stage, inputs, cfg.output, cfg.ray, cfg.run, report)
+    report.extra["codec"] = stage.codec_name
+    return report
 
 
 def parse_args(argv: list[str] | None) -> IngestConfig:

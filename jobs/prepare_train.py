@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 import posixpath
 from collections import defaultdict
@@ -44,15 +45,18 @@ from jobs.engine import (
     SRC_DST,
     BadInput,
     ErrorRow,
+    InputFile,
     Items,
     JobParser,
     JobReport,
+    Planned,
     RayOptions,
     RunOptions,
     Stage,
     StageOutput,
     add_ray_arguments,
     in_folder,
+    listed_files,
     require,
     run_stage,
 )
@@ -122,12 +126,15 @@ def audio_frames(uri: str) -> tuple[int, int]:
     return int(info.frames), int(info.samplerate)
 
 
-def plan_dnr(src: str, cfg: PrepareTrainConfig) -> list[dict]:
-    """One item per `segment_seconds` window of every clip folder holding a mix.wav."""
+def dnr_clips(src: str) -> list[InputFile]:
+    """The clip folders' mix.wav files: the inputs of the DnR layout."""
+    return [f for f in listed_files(src, ("mix.wav",)) if posixpath.basename(f.uri) == "mix.wav"]
+
+
+def plan_dnr(src: str, cfg: PrepareTrainConfig, clips: list[InputFile]) -> list[dict]:
+    """One item per `segment_seconds` window of these clip folders (their mix.wav)."""
     items = []
-    for mix_uri in sfs.list_files(src, ["mix.wav"]):
-        if posixpath.basename(mix_uri) != "mix.wav":
-            continue
+    for mix_uri in (f.uri for f in clips):
         folder = posixpath.dirname(mix_uri)
         clip = posixpath.relpath(sfs.resolve(folder)[1], sfs.resolve(src)[1].rstrip("/"))
         n, rate = audio_frames(mix_uri)
@@ -137,6 +144,7 @@ def plan_dnr(src: str, cfg: PrepareTrainConfig) -> list[dict]:
             items.append(
                 {
                     "kind": "dnr",
+                    "input": mix_uri,
                     "mix_id": f"{clip}/{k:04d}",
                     "split": split,
                     "folder": folder,
@@ -184,6 +192,7 @@ def plan_generic(src: str, cfg: PrepareTrainConfig) -> list[dict]:
         items.append(
             {
                 "kind": "generic",
+                "input": f"{src}#{mix_id}",
                 "mix_id": mix_id,
                 "split": split_of(mix_id, cfg.val_fraction),
                 "stems": files,
@@ -193,6 +202,16 @@ def plan_generic(src: str, cfg: PrepareTrainConfig) -> list[dict]:
             }
         )
     return items
+
+
+def generic_inputs(items: list[dict]) -> list[InputFile]:
+    """Each drawn mixture stands for an input of its own, versioned by its draw: stems (and
+    their sizes), gains and offsets. A grown stems folder draws other mixtures: their
+    versions change, and the runner names them instead of mixing two plans."""
+    return [
+        InputFile(item["input"], 0, hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()[:16])
+        for item in items
+    ]
 
 
 def detect_layout(src: str) -> str:
@@ -241,9 +260,30 @@ class PrepareStage(Stage):
     key = "mix_id"
     folders = SPLITS
 
-    def __init__(self, weights: bytes, window_seconds: float, segment_seconds: float, keep_audio: bool):
-        self.weights, self.window_seconds = weights, window_seconds
-        self.segment_seconds, self.keep_audio = segment_seconds, keep_audio
+    def __init__(self, cfg: PrepareTrainConfig):
+        self.weights_uri, self.codec_name = cfg.codec_weights, cfg.codec
+        self.window_seconds, self.segment_seconds, self.keep_audio = (
+            cfg.window_seconds,
+            cfg.segment_seconds,
+            cfg.keep_audio,
+        )
+        self.plan = {k: str(getattr(cfg, k)) for k in ("layout", "segment_seconds", "val_fraction", "keep_audio")}
+        self.plan["mixing"] = str(cfg.mixing)
+        self.weights: bytes | None = None
+
+    def prepare(self, due: pa.Table | None) -> None:
+        """The encoder's weights, when there are mixtures to encode."""
+        if due is not None and due.num_rows:
+            self.weights, _ = resolve.codec_weights(self.weights_uri, self.codec_name)
+
+    def settings(self) -> dict[str, str]:
+        weights = {"codec_weights": hashlib.sha256(self.weights).hexdigest()[:16]} if self.weights else {}
+        return {**self.plan, **weights}
+
+    def output_row_bytes(self, input_row_bytes: float) -> float:
+        """A row holds two clips' codes (about 1.5 bytes a code), and their audio with keep_audio."""
+        codes = 2 * 12 * 50 * self.segment_seconds * 1.5
+        return codes + (2 * 4 * 16000 * self.segment_seconds if self.keep_audio else 0)
 
     def setup(self, device: str) -> None:
         from codecsep_core.dac_codec import DacCodec
@@ -345,14 +385,32 @@ def run(cfg: PrepareTrainConfig) -> JobReport:
     cfg.check()
     report = JobReport(PrepareStage.name)
     layout = detect_layout(cfg.input) if cfg.layout == "auto" else cfg.layout
-    with report.stage("plan"):
-        items = plan_dnr(cfg.input, cfg) if layout == "dnr" else plan_generic(cfg.input, cfg)
-    log.info("%s layout: %d mixture(s) planned (%d val)", layout, len(items), sum(i["split"] == "val" for i in items))
-    with report.stage("load_weights"):
-        weights, _ = resolve.codec_weights(cfg.codec_weights, cfg.codec)
     report.extra.update(layout=layout, splits=[sfs.join(cfg.output, s) for s in SPLITS])
-    stage = PrepareStage(weights, cfg.window_seconds, cfg.segment_seconds, cfg.keep_audio)
-    return run_stage(stage, Items(pa.Table.from_pylist(items)), cfg.output, cfg.ray, cfg.run, report)
+    stage = PrepareStage(cfg)
+    if layout == "dnr":
+        inputs = Planned(
+            lambda: dnr_clips(cfg.input), lambda due, _: Items(table(plan_dnr(cfg.input, cfg, due)), inputs="input")
+        )
+    else:
+        drawn = plan_generic(cfg.input, cfg)
+        inputs = Planned(
+            lambda: generic_inputs(drawn), lambda due, _: Items(table(due_items(drawn, due)), inputs="input")
+        )
+    return run_stage(stage, inputs, cfg.output, cfg.ray, cfg.run, report)
+
+
+def table(items: list[dict]) -> pa.Table:
+    log.info("%d mixture(s) due (%d val)", len(items), sum(i["split"] == "val" for i in items))
+    return (
+        pa.Table.from_pylist(items)
+        if items
+        else pa.table({"mix_id": pa.array([], pa.string()), "input": pa.array([], pa.string())})
+    )
+
+
+def due_items(items: list[dict], due: list[InputFile]) -> list[dict]:
+    uris = {f.uri for f in due}
+    return [item for item in items if item["input"] in uris]
 
 
 # --------------------------------------------------------------------------- CLI

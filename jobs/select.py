@@ -9,17 +9,17 @@ target). A manifest, `_manifest.parquet`, lists every output row with its source
 prompt, start/end seconds and scores.
 
 A stage on the one runner: the driver reads only the score columns of the separated shards
-(and the ids of the `--codes-from` archive), in parallel threads, and plans one item per
-selected row; the stage reads the codes it needs and returns the output rows with their
-manifest entries (to `_manifest/`, which the driver gathers into `_manifest.parquet` at the
-end). Resume, `_errors` and exactly-once are the runner's, keyed on the selected row's id:
-one output folder holds one selection (`_selection.json`; a run with other settings is
-refused), and a rerun adds only what is new.
+the ledger says are due (and, when some rows are selected, the ids of the `--codes-from`
+archive), in parallel threads, and plans one item per selected row; the stage reads the
+codes it needs and returns the output rows with their manifest entries (to `_manifest/`,
+which the driver gathers into `_manifest.parquet` at the end). The ledger, resume,
+`_errors` and exactly-once are the runner's: one output folder holds one selection (its
+settings are the output's, and a run with others is refused), and a rerun over a grown
+separated dataset selects from the new shards only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,15 +31,18 @@ import pyarrow.compute as pc
 
 from jobs.engine import (
     ErrorRow,
+    InputFile,
     Items,
     JobParser,
     JobReport,
+    Planned,
     RayOptions,
     RunOptions,
     Stage,
     StageOutput,
     add_ray_arguments,
     in_folder,
+    listed_files,
     require,
     run_stage,
 )
@@ -51,7 +54,6 @@ log = logging.getLogger("codecsep.select")
 
 KEY = "_selected_id"  # the selected row's id: the stage's key (a private column, in no data file)
 MANIFEST_PARTS = "_manifest"  # the runner's manifest rows, gathered into segments.MANIFEST_NAME
-SELECTION_FILE = "_selection.json"  # the settings an output folder was selected with
 SELECTION_KEYS = ("input", "prompt", "stem", "min_active_fraction", "min_energy_kept", "spans", "codes_from")
 MANIFEST_ROWS = segments.MANIFEST_SCHEMA.append(pa.field(KEY, pa.string()))
 SCORE_COLUMNS = ("id", "prompt", "stem", "energy_kept", "mask_mean", "active_fraction", "active_spans")
@@ -96,8 +98,13 @@ class SelectStage(Stage):
     key = KEY
     folders = ("", MANIFEST_PARTS)
 
-    def __init__(self, prompt: str, spans: bool):
-        self.prompt, self.spans = prompt, spans
+    def __init__(self, prompt: str, spans: bool, selection: dict[str, str]):
+        self.prompt, self.spans, self.selection = prompt, spans, selection
+
+    def settings(self) -> dict[str, str]:
+        """One output folder holds one selection: a run with other settings is refused
+        (otherwise the rows it selected would be skipped as done)."""
+        return self.selection
 
     def setup(self, device: str) -> None:
         self._shard: tuple[str, pa.Table] | None = None  # the last shard read; items come sorted by shard
@@ -192,32 +199,33 @@ def archive_index(uri: str) -> dict[str, tuple[str, int]]:
     return where
 
 
-def plan_items(cfg: SelectConfig) -> tuple[Items, int]:
-    """-> (one item per selected row, plus error items: unreadable shards, ids twice, ids
-    missing from the archive; rows scanned)."""
-    files = shards.list_shards(cfg.input)
+def plan_items(cfg: SelectConfig, due: list[InputFile]) -> Items:
+    """One item per selected row of the due shards, plus error items: unreadable shards,
+    ids twice, ids missing from the archive. Each item counts under its separated shard."""
+    files = [f.uri for f in due]
     with ThreadPoolExecutor(max_workers=16) as pool:
         planned = list(pool.map(lambda s: plan_shard(cfg, s), files))
-    scanned = sum(n for n, _ in planned)
     tables = [t for _, t in planned if isinstance(t, pa.Table)]
     selected = pa.concat_tables(tables, promote_options="permissive").to_pylist() if tables else []
-    index = archive_index(cfg.codes_from) if cfg.codes_from else None
+    log.info("select: %d of %d rows selected for %r", len(selected), sum(n for n, _ in planned), cfg.prompt)
+    index = archive_index(cfg.codes_from) if cfg.codes_from and selected else None
     items, errors, seen = [], [], set()
     for item in selected:
-        where = f"{item['codes_shard']}#row{item['codes_row']}"
+        shard = item["codes_shard"]
         if item["id"] in seen:
-            errors.append(ErrorRow(where, f"duplicate id {item['id']!r}", item["codes_shard"], id=item["id"]))
+            errors.append(
+                ErrorRow(f"{shard}#row{item['codes_row']}", f"duplicate id {item['id']!r}", shard, id=item["id"])
+            )
         elif index is not None and item["id"] not in index:
-            reason = f"id {item['id']!r} is not in the --codes-from archive"
-            errors.append(ErrorRow(item["id"], reason, item["codes_shard"]))
+            errors.append(ErrorRow(item["id"], f"id {item['id']!r} is not in the --codes-from archive", shard))
         else:
             if index is not None:
                 item["codes_shard"], item["codes_row"] = index[item["id"]]
-            items.append({**item, KEY: item["id"]})
+            items.append({**item, KEY: item["id"], "input_shard": shard})
         seen.add(item["id"])
     errors += [ErrorRow(s, t, s, named=False) for s, (_, t) in zip(files, planned) if isinstance(t, str)]
     items.sort(key=lambda it: (it["codes_shard"], it["codes_row"]))
-    return Items(pa.Table.from_pylist(items), errors), scanned
+    return Items(pa.Table.from_pylist(items), errors, inputs="input_shard")
 
 
 def gather_manifest(output: str) -> str:
@@ -227,29 +235,13 @@ def gather_manifest(output: str) -> str:
     return segments.write_manifest(output, rows)
 
 
-def claim_output(cfg: SelectConfig) -> None:
-    """Record the selection in `OUTPUT/_selection.json`, or refuse an output folder that
-    holds another one: resume would skip every id already selected there."""
-    settings = {k: getattr(cfg, k) for k in SELECTION_KEYS}
-    uri = sfs.join(cfg.output, SELECTION_FILE)
-    if sfs.exists(uri):
-        held = json.loads(sfs.read_bytes(uri))
-        if held != settings:
-            differ = ", ".join(f"{k}={held.get(k)!r}" for k in SELECTION_KEYS if held.get(k) != settings[k])
-            raise ValueError(f"{cfg.output} holds another selection ({differ}): choose another --output")
-        return
-    sfs.write_bytes_atomic(uri, json.dumps(settings, indent=1).encode())
-
-
 def run(cfg: SelectConfig) -> JobReport:
     cfg.check()
-    claim_output(cfg)
     report = JobReport(SelectStage.name)
-    with report.stage("plan"):
-        items, scanned = plan_items(cfg)
-    log.info("select: %d of %d rows selected for %r", items.table.num_rows, scanned, cfg.prompt)
-    report.extra.update(prompt=cfg.prompt, spans=cfg.spans, rows_scanned=scanned)
-    run_stage(SelectStage(cfg.prompt, cfg.spans), items, cfg.output, cfg.ray, cfg.run, report)
+    report.extra.update(prompt=cfg.prompt, spans=cfg.spans)
+    stage = SelectStage(cfg.prompt, cfg.spans, {k: str(getattr(cfg, k)) for k in SELECTION_KEYS})
+    inputs = Planned(lambda: listed_files(cfg.input, (".parquet",)), lambda due, _: plan_items(cfg, due))
+    run_stage(stage, inputs, cfg.output, cfg.ray, cfg.run, report)
     report.extra["manifest"] = gather_manifest(cfg.output)
     return report
 

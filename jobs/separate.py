@@ -12,15 +12,18 @@ engine's runner reads the shards, resumes, writes and reports.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from codecsep_core import SeparatorConfig
 from codecsep_core.activity import ActivityConfig
+from codecsep_core.model_io import content_digest
 from jobs import resolve
 from jobs.engine import (
     ErrorRow,
@@ -40,6 +43,16 @@ from storage import fs as sfs
 log = logging.getLogger("codecsep.separate")
 
 EMITS = ("codes", "scores")
+SCORES_ROW_BYTES = 200.0  # a scores-only output row (measured by the bench: 67 bytes, plus spans)
+
+
+def unit(stem: str, prompt: str) -> str:
+    """The ledger's name of one (prompt, stem) of work."""
+    return f"{stem}:{prompt}"
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -80,10 +93,48 @@ class SeparateStage(Stage):
 
     def __init__(self, masker: bytes, tables: bytes, vectors: np.ndarray, exclude: np.ndarray, cfg: SeparateConfig):
         self.masker_bytes, self.tables_bytes = masker, tables
-        self.vectors, self.exclude_vectors = vectors, exclude
+        self.vectors, self.exclude_vectors, self.exclude_names = vectors, exclude, list(cfg.exclude)
         self.prompts, self.config, self.activity = list(cfg.prompts), cfg.separator, cfg.activity
         self.stems = ("target", "residual") if cfg.residual else ("target",)
         self.with_codes = cfg.emit == "codes"
+        self.emit = cfg.emit
+        self.due = set(self.units())
+
+    def units(self) -> tuple[str, ...]:
+        """One unit of work per (prompt, stem): `target:speech`, `residual:speech`, ..."""
+        return tuple(unit(stem, p) for p in self.prompts for stem in self.stems)
+
+    def narrowed(self, units: tuple[str, ...]) -> SeparateStage:
+        """Only these (prompt, stem) units: the masker runs for their prompts alone."""
+        keep = [i for i, p in enumerate(self.prompts) if any(unit(stem, p) in units for stem in self.stems)]
+        stage = copy.copy(self)
+        stage.prompts = [self.prompts[i] for i in keep]
+        stage.vectors = self.vectors[keep]
+        stage.stems = tuple(stem for stem in self.stems if any(unit(stem, p) in units for p in stage.prompts))
+        stage.due = set(units)
+        return stage
+
+    def settings(self) -> dict[str, str]:
+        """Model files, the vector behind each prompt name, the excluded prompts, and every
+        setting that changes the rows (not the batch size: it changes only the speed)."""
+        separator = {f"separator.{k}": str(v) for k, v in asdict(self.config).items() if k != "batch_windows"}
+        activity = {f"activity.{k}": str(v) for k, v in asdict(self.activity).items()}
+        prompts = {f"prompt:{p}": digest(v.astype(np.float32).tobytes()) for p, v in zip(self.prompts, self.vectors)}
+        return {
+            "masker": content_digest(self.masker_bytes),
+            "codec_tables": content_digest(self.tables_bytes),
+            "exclude": ", ".join(f"{p}={digest(v.astype(np.float32).tobytes())}" for p, v in self.excluded()),
+            "emit": self.emit,
+            **separator,
+            **activity,
+            **prompts,
+        }
+
+    def excluded(self) -> list[tuple[str, np.ndarray]]:
+        return sorted(zip(self.exclude_names, self.exclude_vectors), key=lambda pv: pv[0])
+
+    def output_row_bytes(self, input_row_bytes: float) -> float:
+        return input_row_bytes if self.with_codes else SCORES_ROW_BYTES
 
     def setup(self, device: str) -> None:
         import torch
@@ -140,6 +191,8 @@ class SeparateStage(Stage):
         base = rows if self.with_codes else rows.drop_columns(["codes"])
         for p, prompt in enumerate(self.prompts):
             for stem in self.stems:
+                if unit(stem, prompt) not in self.due:
+                    continue
                 target = stem == "target"
                 t = base
                 if self.with_codes:

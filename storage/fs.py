@@ -150,30 +150,56 @@ def check_bucket(uri: str, s3: S3Options | None = None) -> None:
             raise FileNotFoundError(f"bucket {bucket!r} of {uri} does not exist")
 
 
+@dataclass(frozen=True)
+class FileStat:
+    """A listed file: its URI (spelled like the listed URI), size, and version: the object
+    store's ETag, else the modification time, so that a rewritten file is told apart."""
+
+    uri: str
+    size: int
+    version: str
+
+
 def list_files(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = None) -> list[str]:
     """Sorted URIs (spelled like `uri`) of the files under `uri`, recursively, whose names
     end with one of `suffixes` (any name when empty), skipping every path with a part
     below `uri` that starts with '.' or '_'. A `uri` that is a file is its only entry; a
     missing `uri` raises FileNotFoundError (an empty folder gives [])."""
-    return [u for u, _ in list_file_sizes(uri, suffixes, s3)]
+    return [f.uri for f in list_file_stats(uri, suffixes, s3)]
 
 
 def list_file_sizes(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = None) -> list[tuple[str, int]]:
     """`list_files` with each file's size in bytes, from the same listing requests."""
+    return [(f.uri, f.size) for f in list_file_stats(uri, suffixes, s3)]
+
+
+def list_file_stats(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = None) -> list[FileStat]:
+    """`list_files` with each file's size and version, from the same listing requests."""
     fs, root = resolve(uri, s3)
     fs.invalidate_cache(root)  # listings must see what other processes wrote since
     if not fs.exists(root):
         raise FileNotFoundError(f"{uri} does not exist")
     suffixes = tuple(suffixes)
     if fs.isfile(root):
-        return [(uri, int(fs.size(root)))] if not suffixes or root.endswith(suffixes) else []
+        return (
+            [FileStat(uri, int(fs.size(root)), _version(fs.info(root)))]
+            if not suffixes or root.endswith(suffixes)
+            else []
+        )
     prefix = root.rstrip("/") + "/"
     found = []
     for path, info in fs.find(root, detail=True).items():
         rel = path[len(prefix) :]
         if not any(is_hidden(part) for part in rel.split("/")) and (not suffixes or rel.endswith(suffixes)):
-            found.append((rel, int(info["size"])))
-    return [(join(uri, rel), size) for rel, size in sorted(found)]
+            found.append(FileStat(join(uri, rel), int(info["size"]), _version(info)))
+    return sorted(found, key=lambda f: f.uri)
+
+
+def _version(info: dict) -> str:
+    for key in ("ETag", "etag", "mtime", "LastModified", "created"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return ""
 
 
 def pyarrow_filesystem(uri: str, s3: S3Options | None = None):

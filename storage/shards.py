@@ -176,6 +176,27 @@ def _parquet_file(uri: str, s3: S3Options | None) -> Iterator[pq.ParquetFile]:
         yield pq.ParquetFile(f)
 
 
+MAGIC = b"PAR1"
+
+
+def footer_rows(uri: str, size: int, s3: S3Options | None = None) -> int | None:
+    """A shard's row count from its footer alone, in two small ranged reads (the length,
+    then the footer), never the data; None when the file is not a Parquet file (the
+    data's fault). Storage failures raise."""
+    fs, path = resolve(uri, s3)
+    if size < 12:
+        return None
+    tail = fs.cat_file(path, start=size - 8, end=size)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != MAGIC or length > size - 12:
+        return None
+    footer = fs.cat_file(path, start=size - 8 - length, end=size - 8)
+    try:
+        return pq.read_metadata(pa.BufferReader(MAGIC + footer + tail)).num_rows
+    except (pa.ArrowException, OSError):
+        return None
+
+
 def column_names(uri: str, s3: S3Options | None = None) -> list[str]:
     """One shard's columns, from its footer alone."""
     with _parquet_file(uri, s3) as parquet:

@@ -3,7 +3,8 @@ the modules behind it; the engine imports no job, no `jobs.resolve` and no
 `codecsep_core` (tests/test_layers.py checks both).
 
 - the stage model (`Stage`, `StageOutput`, `ErrorRow`, `BadInput`, `in_folder`) and the
-  one runner (`run_stage` over `Shards` or planned `Items`);
+  one runner (`run_stage` over `Shards`, or `Planned` inputs and their `Items`), with its
+  ledger of completed work per input (`InputFile`, `listed_files`);
 - settings (`RayOptions`, `RunOptions`, `add_ray_arguments`), typed configs
   (`JobParser`, `load_config`, ...), logging, Ray start-up and device checks;
 - the failures a job ends with (`errors`) and its closing `JobReport`.
@@ -13,6 +14,7 @@ from jobs.engine.cluster import check_cluster_gpus, check_device, device_for, in
 from jobs.engine.columns import in_folder
 from jobs.engine.config import CONFIG_DIR, SRC_DST, JobParser, default_config_path, load_config, require, to_dict
 from jobs.engine.errors import (
+    EXIT_CHANGED_INPUTS,
     EXIT_ERROR_BUDGET,
     EXIT_FAILED,
     EXIT_OK,
@@ -24,13 +26,16 @@ from jobs.engine.errors import (
     UsageError,
     failure_reason,
 )
+from jobs.engine.inputs import Items, Planned, Shards, listed_files
+from jobs.engine.ledger import InputFile
 from jobs.engine.logs import setup_logging, verbose
 from jobs.engine.options import RayOptions, RunOptions, add_ray_arguments
 from jobs.engine.report import JobReport
-from jobs.engine.runner import Items, Shards, run_stage
+from jobs.engine.runner import run_stage
 from jobs.engine.stage import BadInput, ErrorRow, Stage, StageOutput
 
 __all__ = [
+    "EXIT_CHANGED_INPUTS",
     "EXIT_ERROR_BUDGET",
     "EXIT_FAILED",
     "EXIT_OK",
@@ -41,11 +46,13 @@ __all__ = [
     "BadInput",
     "DeviceUnavailable",
     "ErrorRow",
+    "InputFile",
     "Items",
     "JobFailed",
     "JobParser",
     "JobReport",
     "JobStalled",
+    "Planned",
     "RayOptions",
     "RunOptions",
     "Shards",
@@ -60,6 +67,7 @@ __all__ = [
     "failure_reason",
     "in_folder",
     "init_ray",
+    "listed_files",
     "load_config",
     "require",
     "run_stage",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from jobs.engine.report import JobReport
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET, EXIT_STALLED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET, EXIT_STALLED, EXIT_CHANGED_INPUTS = 0, 1, 2, 3, 4, 5
 
 
 class UsageError(RuntimeError):

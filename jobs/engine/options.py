@@ -42,21 +42,29 @@ class RayOptions:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How the runner treats a job: resume, error budget, progress and the stall bound."""
+    """How the runner treats a job: the ledger and its waves, resume, error budget, file
+    sizes, progress and the stall bound."""
 
-    checkpoint_path: str | None = None  # Ray Data checkpoint; null: <output>.checkpoint beside the output
+    checkpoint_path: str | None = None  # row state of the wave in flight; null: <output>.checkpoint beside the output
+    wave_rows: int = 2_000_000  # input rows per wave: committed to the ledger, then its row state dropped
     retry_errors: bool = False  # inputs that failed in an earlier run are due again
     max_error_fraction: float = 0.1  # more failed inputs than this: exit 3 (after writing everything)
     stall_timeout_s: float = 600.0  # no row completed for this long: exit 4, saying what is stuck
     progress_every_s: float = 10.0  # progress line interval
-    min_rows_per_file: int = 64  # output rows buffered per written shard
+    target_file_mb: float = 128.0  # about this much data per output file
+    min_rows_per_file: int | None = None  # output rows per file; null: sized from target_file_mb
     progress_bars: bool | None = None  # Ray Data's progress bars; null: when stderr is a terminal
+    dry_run: bool = False  # plan from the listing and the ledger, say what a run would do, touch nothing
 
     def __post_init__(self):
         if not 0 <= self.max_error_fraction <= 1:
             raise ValueError(f"run.max_error_fraction must be in [0, 1], got {self.max_error_fraction}")
-        if self.stall_timeout_s <= 0 or self.progress_every_s <= 0 or self.min_rows_per_file < 1:
-            raise ValueError("run.stall_timeout_s, run.progress_every_s and run.min_rows_per_file must be positive")
+        positive = (self.stall_timeout_s, self.progress_every_s, self.wave_rows, self.target_file_mb)
+        if min(positive) <= 0 or (self.min_rows_per_file is not None and self.min_rows_per_file < 1):
+            raise ValueError(
+                "run.stall_timeout_s, run.progress_every_s, run.wave_rows, run.target_file_mb and "
+                "run.min_rows_per_file must be positive"
+            )
 
     @property
     def show_progress(self) -> bool:
@@ -99,4 +107,11 @@ def add_ray_arguments(parser, batch_help: str = "rows per actor call") -> None:
     )
     group.add_argument(
         "--stall-timeout", dest="run.stall_timeout_s", type=float, help="exit 4 when no row completes for this long (s)"
+    )
+    group.add_argument(
+        "--dry-run",
+        dest="run.dry_run",
+        action="store_true",
+        default=None,
+        help="say what a run would do (inputs, rows and files due, changed inputs) and touch nothing",
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -112,28 +113,58 @@ def _parse_shard(source, uri: str, key: str, rows_per_block: int):
     return first
 
 
-def _read_shards(files: list[tuple[str, int]], key: str, rows_per_block: int, s3: sfs.S3Options, tally):
+def _read_shards(files: list[tuple[str, int]], key: str, rows_per_block: int, s3: sfs.S3Options, tally, keys=None):
     """Fetching a shard's bytes is storage (a failure stops the job); parsing them is data.
     A shard up to WHOLE_SHARD_BYTES comes in one request; a larger one (a user's own
-    Parquet file) in ranges, footer then row groups, so it never sits whole in memory."""
+    Parquet file) in ranges, footer then row groups, so it never sits whole in memory.
+    `keys`: only rows with these keys go on (a retry of failed rows)."""
     for uri, size in files:
-        if size <= WHOLE_SHARD_BYTES:
-            first = yield from _parse_shard(pa.BufferReader(sfs.read_bytes(uri, s3)), uri, key, rows_per_block)
-        else:
-            fs, path = sfs.resolve(uri, s3)
-            with fs.open(path, "rb", block_size=READ_BUFFER_BYTES * 8) as f:
-                first = yield from _parse_shard(_TaggedReads(f), uri, key, rows_per_block)
+        with _opened(uri, size, s3) as source:
+            blocks = _parse_shard(source, uri, key, rows_per_block)
+            first = yield from (blocks if keys is None else _only(blocks, key, keys))
         if tally is not None:
             tally.add.remote(f"read:{uri}", rows_read=max(first, 1))
 
 
+@contextmanager
+def _opened(uri: str, size: int, s3: sfs.S3Options):
+    if size <= WHOLE_SHARD_BYTES:
+        yield pa.BufferReader(sfs.read_bytes(uri, s3))
+        return
+    fs, path = sfs.resolve(uri, s3)
+    with fs.open(path, "rb", block_size=READ_BUFFER_BYTES * 8) as f:
+        yield _TaggedReads(f)
+
+
+def _only(blocks, key: str, keys: frozenset[str]):
+    """The rows of `blocks` whose key is one of `keys`; -> what `blocks` returns."""
+    wanted = pa.array(sorted(keys), pa.string())
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration as done:
+            return done.value
+        kept = block.filter(pc.is_in(block[key].cast(pa.string()), wanted))
+        if kept.num_rows:
+            yield kept
+
+
 class ShardsSource(Datasource):
     """Every row of the Parquet shards `files` ((URI, size) from the listing), in blocks of
-    `rows_per_block` rows."""
+    `rows_per_block` rows (only those of `keys`, when given)."""
 
-    def __init__(self, files: list[tuple[str, int]], key: str, rows_per_block: int, s3: sfs.S3Options, tally=None):
+    def __init__(
+        self,
+        files: list[tuple[str, int]],
+        key: str,
+        rows_per_block: int,
+        s3: sfs.S3Options,
+        tally=None,
+        keys: frozenset[str] | None = None,
+    ):
         super().__init__()
         self.files, self.key, self.rows_per_block, self.s3, self.tally = files, key, rows_per_block, s3, tally
+        self.keys = keys
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -142,7 +173,7 @@ class ShardsSource(Datasource):
         bounds = np.array_split(np.arange(len(self.files)), max(1, min(parallelism, len(self.files))))
         groups = [self.files[b[0] : b[-1] + 1] for b in bounds if len(b)]
         read = functools.partial(
-            _read_shards, key=self.key, rows_per_block=self.rows_per_block, s3=self.s3, tally=self.tally
+            _read_shards, key=self.key, rows_per_block=self.rows_per_block, s3=self.s3, tally=self.tally, keys=self.keys
         )
         return [
             ReadTask(

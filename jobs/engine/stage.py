@@ -63,6 +63,31 @@ class Stage:
     # with `in_folder`; what a fresh start (`run_stage(fresh=True)`) clears besides `_errors`.
     folders: ClassVar[tuple[str, ...]] = ("",)
 
+    def units(self) -> tuple[str, ...]:
+        """The units of work done for every input row, as the ledger records them per input
+        (separate: one per prompt and stem); a run adds only the units an input lacks."""
+        return (self.name,)
+
+    def narrowed(self, units: tuple[str, ...]) -> Stage:
+        """This stage doing only `units` (a subset of `units()`): a prompt added to a
+        finished output runs for that prompt alone."""
+        return self
+
+    def prepare(self, due: pa.Table | None) -> None:
+        """On the driver, once the due work is planned (`due`: a planned job's items) and
+        before anything is written: resolve what depends on it (export loads the codec
+        weights of the codecs its due rows name; nothing due, nothing loaded)."""
+
+    def settings(self) -> dict[str, str]:
+        """What the outputs depend on besides the units (model digests, settings), by
+        name: an output made with other values refuses the run (`Ledger.claim`)."""
+        return {}
+
+    def output_row_bytes(self, input_row_bytes: float) -> float:
+        """About how many bytes an output row takes, given an input row's: sizes the
+        output files (`run.target_file_mb`)."""
+        return input_row_bytes
+
     def setup(self, device: str) -> None:
         """Once per actor, before the first batch: load models onto `device` here."""
 

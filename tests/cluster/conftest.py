@@ -1,6 +1,6 @@
 """Fixtures for cluster-grade tests: real multi-node Ray clusters started with `ray start`
 on this machine (local_cluster.py) and a fault-injecting proxy in front of the loopback S3
-server (fault_proxy.py). Both are separate from the embedded Ray of the other tests."""
+server (`jobs.bench.s3_proxy`). Both are separate from the embedded Ray of the other tests."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
-from fault_proxy import FaultPlan, FaultProxy, unreachable_endpoint
+
+from jobs.bench.s3_proxy import FaultPlan, FaultProxy, unreachable_endpoint
 
 
 def client(endpoint, read_timeout=10):

@@ -13,7 +13,8 @@ import uuid
 import boto3
 import pytest
 import separate_job as sj
-from fault_proxy import FaultPlan, FaultProxy, unreachable_endpoint
+
+from jobs.bench.s3_proxy import FaultPlan, FaultProxy, unreachable_endpoint
 
 TRANSIENT_RATE = 0.3
 PERMANENT_WITHIN_S = 60

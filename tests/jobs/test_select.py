@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 
 from jobs import export, select
+from jobs.engine import UsageError
 from storage import segments, shards
 from storage.schema import DAC_SHARD_SCHEMA, SEPARATED_SHARD_SCHEMA, table_from_rows
 
@@ -151,7 +152,9 @@ def test_whole_rows_by_score_with_codes_from_the_archive(datasets, tmp_path):
     assert (manifest["source_id"], manifest["start_s"]) == ("a", 0.0)
     assert manifest["end_s"] == pytest.approx((150 * HOP - 100) / RATE)
 
-    with pytest.raises(ValueError, match=r"holds another selection \(prompt='rain', min_active_fraction=0.3"):
+    with pytest.raises(
+        UsageError, match=r"other settings \(min_active_fraction: '0.3' there, '0.0' now.*prompt: 'rain'"
+    ):
         run_select("--input", scores_only, "--output", out, "--prompt", "dog", "--codes-from", datasets["archive"])
 
     report = run_select("--input", scores_only, "--output", str(tmp_path / "x"), "--prompt", "dog")

@@ -1,5 +1,7 @@
-"""A fault-injecting HTTP proxy on loopback, in front of the loopback S3 server (moto):
-the object store as a large job meets it, throttling and failing now and then.
+"""An HTTP proxy on loopback in front of a loopback S3 server (moto): it counts what goes
+through (requests and bytes per object, for the bench's archive figures and the tests'
+read budgets) and injects faults (the object store as a large job meets it, throttling
+and failing now and then; the cluster tests use it).
 
 A set fraction of requests (of the chosen methods) gets a transient fault instead of being
 forwarded: 503 SlowDown or 500 InternalError with S3's XML error body, a reset connection
@@ -135,6 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+        self.server.proxy.record(self.command, self.path, len(data) if self.command == "GET" else 0)
 
 
 class _ProxyServer(ThreadingHTTPServer):
@@ -153,6 +156,7 @@ class FaultProxy:
     plan: FaultPlan = field(default_factory=FaultPlan)
     lifetime_s: float = 900.0
     counts: Counter = field(default_factory=Counter)
+    transfers: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, body bytes)
 
     def __post_init__(self):
         self.upstream = urlsplit(self.upstream_url)
@@ -180,6 +184,23 @@ class FaultProxy:
                 fault = None
             self.counts[fault or "forwarded"] += 1
             return fault
+
+    def record(self, method: str, path: str, nbytes: int) -> None:
+        """A forwarded request and the body bytes it returned."""
+        with self._lock:
+            self.transfers.append((method, urlsplit(path).path, nbytes))
+
+    def reads(self, prefix: str) -> tuple[int, int]:
+        """(GET requests, bytes they returned) of objects whose path starts with `prefix`
+        (`/bucket/key...`; a listing's path is the bucket's alone, so it never counts)."""
+        with self._lock:
+            gets = [n for m, p, n in self.transfers if m == "GET" and p.startswith(prefix)]
+        return len(gets), sum(gets)
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.transfers.clear()
+            self.counts.clear()
 
     def start(self) -> FaultProxy:
         self._server = _ProxyServer(("127.0.0.1", 0), _Handler)
