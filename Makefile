@@ -36,7 +36,7 @@ demo: install
 	RAY_AUTH_MODE=disabled $(VENV)/bin/codecsep demo --output demo_out
 
 bench: install
-	RAY_AUTH_MODE=disabled $(VENV)/bin/codecsep bench --output bench_out
+	RAY_AUTH_MODE=disabled $(VENV)/bin/codecsep bench --output bench_out docs=docs/benchmarks.md
 
 # On a machine with one CUDA GPU (install a CUDA torch build: README "Dependencies"), in
 # under 8 minutes: the CUDA tests (they skip without a GPU) and the bench's GPU section.

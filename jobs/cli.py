@@ -61,6 +61,8 @@ def run_cli(job: str, body: Callable[[], None], argv: list[str]) -> int:
         print(f"codecsep {job}: stalled: {e}", file=sys.stderr)
         return EXIT_STALLED
     except (ValueError, KeyError, FileNotFoundError, UsageError, PromptEncoderUnavailable, DacWeightsUnavailable) as e:
+        if {"-v", "--verbose"} & set(argv):
+            traceback.print_exc()
         print(f"codecsep {job}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - the CLI's last resort: one line, exit 1

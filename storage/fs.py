@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -110,6 +111,20 @@ def exists(uri: str, s3: S3Options | None = None) -> bool:
     fs, path = resolve(uri, s3)
     fs.invalidate_cache(path)  # another process may have written it since we last listed
     return fs.exists(path)
+
+
+def remove(uri: str, s3: S3Options | None = None) -> None:
+    """Delete a file or a folder and everything under it; nothing there is fine. Local
+    paths go through shutil: fsspec's local `rm` asks for the working directory, which a
+    job submitted to a Ray job server may run in after it is gone."""
+    fs, path = resolve(uri, s3)
+    if isinstance(fs, LocalFileSystem):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
+    elif exists(uri, s3):
+        fs.rm(path, recursive=True)
 
 
 def write_bytes_atomic(uri: str, data: bytes, s3: S3Options | None = None) -> None:

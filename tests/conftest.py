@@ -54,3 +54,12 @@ def tables(dac16_checkpoint):
     from codecsep_core import CodecTables
 
     return CodecTables.from_dac_checkpoint(dac16_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def fitted_codec(tmp_path_factory):
+    """The demo's codec (`synthetic.fitted_random_codec` at its defaults), fitted once for
+    the session: the tests that train on generated audio and the demo's share it."""
+    from jobs import synthetic
+
+    return synthetic.fitted_random_codec(tmp_path_factory.mktemp("fitted") / "codec.pth")

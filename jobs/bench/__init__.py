@@ -10,7 +10,8 @@ fitted to generated audio and a masker trained briefly on it.
 
 Modules: `config` (typed config, targets), `models` (shared models, timing), `compute`
 (MACs, matmul peak), `speed` (in-process speed, GPU section), `quality` (the precision
-rule), `pipeline` (the Ray jobs), `report` (summary, PASS/FAIL, Markdown).
+rule), `pipeline` (the Ray jobs), `scale` and `archive`
+(many shards, reruns, resume state), `report` (summary, PASS/FAIL, Markdown).
 `--gpu` runs only the GPU section and writes `bench_gpu.json`.
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.bench import compute, pipeline, quality, report, scale, speed
+from jobs.bench import archive, compute, pipeline, quality, report, scale, speed
 from jobs.bench.config import QUICK, BenchConfig
 from jobs.bench.models import build_models
 from jobs.engine import CONFIG_DIR, UsageError, default_config_path, load_config, setup_logging, to_dict
@@ -78,6 +79,7 @@ def run(cfg: BenchConfig) -> dict:
     res["job"] = pipeline.measure_job(cfg, m)
     res["ingest"] = pipeline.measure_ingest(cfg, m)
     res["scale"] = {"planning": scale.measure_planning(cfg), "checkpoint_ids": scale.measure_checkpoint_ids(cfg)}
+    res["archive"] = archive.measure_archive(cfg, m, res["scale"]["checkpoint_ids"]["bytes_per_id"])
     res["summary"] = report.summarize(res)
     res.update({k: res["summary"][k] for k in HEADLINE})
     res["bench_wall_s"] = time.perf_counter() - t0

@@ -4,7 +4,8 @@ the modules behind it; the engine imports no job, no `jobs.resolve` and no
 
 - the stage model (`Stage`, `StageOutput`, `ErrorRow`, `BadInput`, `in_folder`) and the
   one runner (`run_stage` over `Shards`, or `Planned` inputs and their `Items`), with its
-  ledger of completed work per input (`InputFile`, `listed_files`);
+  ledger of completed work per input (`InputFile`, `listed_files`; `Ledger`, `Wave` and
+  `diff_with_ledger` for tools that measure or inspect it);
 - settings (`RayOptions`, `RunOptions`, `add_ray_arguments`), typed configs
   (`JobParser`, `load_config`, ...), logging, Ray start-up and device checks;
 - the failures a job ends with (`errors`) and its closing `JobReport`.
@@ -27,9 +28,10 @@ from jobs.engine.errors import (
     failure_reason,
 )
 from jobs.engine.inputs import Items, Planned, Shards, listed_files
-from jobs.engine.ledger import InputFile
+from jobs.engine.ledger import InputFile, Ledger, Wave
 from jobs.engine.logs import setup_logging, verbose
 from jobs.engine.options import RayOptions, RunOptions, add_ray_arguments
+from jobs.engine.plan import diff as diff_with_ledger
 from jobs.engine.report import JobReport
 from jobs.engine.runner import run_stage
 from jobs.engine.stage import BadInput, ErrorRow, Stage, StageOutput
@@ -52,6 +54,7 @@ __all__ = [
     "JobParser",
     "JobReport",
     "JobStalled",
+    "Ledger",
     "Planned",
     "RayOptions",
     "RunOptions",
@@ -59,11 +62,13 @@ __all__ = [
     "Stage",
     "StageOutput",
     "UsageError",
+    "Wave",
     "add_ray_arguments",
     "check_cluster_gpus",
     "check_device",
     "default_config_path",
     "device_for",
+    "diff_with_ledger",
     "failure_reason",
     "in_folder",
     "init_ray",

@@ -204,6 +204,4 @@ class Ledger:
             fs.rm_file(path)
 
     def forget(self) -> None:
-        if sfs.exists(self.folder, self.s3):
-            fs, path = sfs.resolve(self.folder, self.s3)
-            fs.rm(path, recursive=True)
+        sfs.remove(self.folder, self.s3)

@@ -199,12 +199,6 @@ def data_context(checkpoint_uri: str, key: str, s3: sfs.S3Options, show_progress
             setattr(ctx, name, value)
 
 
-def remove(uri: str, s3: sfs.S3Options) -> None:
-    if sfs.exists(uri, s3):
-        fs, path = sfs.resolve(uri, s3)
-        fs.rm(path, recursive=True)
-
-
 def forget_runs(output: str, checkpoint_uri: str, stage: Stage, ledger: Ledger) -> None:
     """Start afresh: drop the ledger and the row state, then the rows earlier runs wrote
     (the stage's output shards and `_errors`), so that every input is due and nothing is
@@ -214,18 +208,18 @@ def forget_runs(output: str, checkpoint_uri: str, stage: Stage, ledger: Ledger) 
     for uri in [checkpoint_uri, sfs.join(output, shards.ERRORS_DIR)] + [
         sfs.join(output, f) for f in stage.folders if f
     ]:
-        remove(uri, s3)
+        sfs.remove(uri, s3)
     if "" in stage.folders and sfs.exists(output, s3):
         for uri in shards.list_shards(output, s3):
-            remove(uri, s3)
+            sfs.remove(uri, s3)
 
 
 def finish_wave(wave: Wave, ledger: Ledger, checkpoint: str) -> None:
     """After the wave's commit to the ledger: the error files it replaces, its row state,
     then its in-flight record. Each step may be repeated after a crash."""
     for uri in wave.retired_errors:
-        remove(uri, ledger.s3)
-    remove(checkpoint, ledger.s3)
+        sfs.remove(uri, ledger.s3)
+    sfs.remove(checkpoint, ledger.s3)
     ledger.finish()
 
 

@@ -52,6 +52,8 @@ def node_env(tmpdir: str, pythonpath: str) -> dict[str, str]:
         RAY_TMPDIR=tmpdir,
         RAY_USAGE_STATS_ENABLED="0",
         RAY_raylet_start_wait_time_s="120",  # a loaded 2-core machine registers nodes slowly (default 30 s)
+        # a killed node is seen dead after 5 failed health checks, 1 s apart (default 3 s): ~5 s, not ~15
+        RAY_health_check_period_ms="1000",
         PYTHONPATH=pythonpath,
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )  # `python` = this env's

@@ -4,12 +4,14 @@ noisy); the benchmark output reports PASS/FAIL against them."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from codecsep_core import Masker, MaskerConfig, SeparatorConfig
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 TINY = [
     "masker_preset=tiny",
     "clip_seconds=1",
@@ -30,7 +32,10 @@ TINY = [
     "scale_shards=200",
     "scale_ids=20000",
     "matmul_size=256",
-    "docs=null",
+    "archive_shards=4",
+    "archive_rows=2",
+    "archive_rows_per_shard=1000",
+    "archive_resume_rows=[20000,100000]",
     "quality.steps=20",
 ]
 
@@ -43,7 +48,9 @@ def bench(tmp_path_factory, tiny_quality):
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     out = tmp_path_factory.mktemp("bench")
+    published = DOCS.read_bytes()
     assert cli.main(["bench", "--output", str(out), *TINY, *tiny_quality]) == 0
+    assert DOCS.read_bytes() == published, "a bench run without docs= rewrote the published figures"
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 
@@ -72,7 +79,7 @@ def test_bench_reports_every_target_from_this_run(bench):
     ):
         assert math.isfinite(res[key]) and res[key] > 0, key
     assert len(res["summary"]["targets"]) == 4
-    assert markdown.count("PASS") + markdown.count("FAIL") == 4
+    assert markdown.count("PASS") + markdown.count("FAIL") + markdown.count("not judged") == 4
     x_realtime_target = next(t for k, t in res["summary"]["targets"].items() if k.startswith("separator x-realtime"))
     assert x_realtime_target["measured"] == res["separator_x_realtime"]
 
@@ -91,6 +98,43 @@ def test_planning_lists_every_shard_and_the_resume_state_is_measured(bench):
     assert ids["ids"] == 20000 and ids["bytes_per_id"] > len("archive/clip-000000000")  # a Python string each
     assert ids["ids_per_filter_actor"] == int(2 * 2**30 / ids["bytes_per_id"])
     assert "Archives with many shards" in markdown
+
+
+def test_a_job_ratio_on_too_little_work_is_not_judged_and_its_fixed_cost_is_reported(bench):
+    """Seconds of compute against a job's fixed cost say nothing of its throughput: no FAIL
+    that a full run would contradict."""
+    res, markdown = bench
+    (job_target,) = [t for k, t in res["summary"]["targets"].items() if k.startswith("job vs bare loop")]
+    assert res["job"]["bare_loop_s"] < 20 and job_target["pass"] is None
+    assert "not judged" in markdown
+    fixed = res["summary"]["job_fixed_cost_s"]
+    assert fixed["first_job_set_up"] > 0 and fixed["per_job"] > 0
+
+
+def test_reruns_of_a_grown_archive_read_only_the_new_shards(bench):
+    res, markdown = bench
+    first, grown, nothing = res["archive"]["reruns"]["runs"]
+    assert (first["shards_due"], first["rows_in"], first["input_gets"] >= 4) == (4, 8, True)
+    assert (grown["shards_listed"], grown["shards_due"], grown["rows_in"], grown["rows_skipped"]) == (5, 1, 2, 8)
+    assert grown["input_bytes"] <= 0.5 * first["input_bytes"]  # one shard of five, footer read included
+    assert (nothing["shards_due"], nothing["input_gets"], nothing["input_bytes"], nothing["rows_skipped"]) == (
+        0,
+        0,
+        0,
+        10,
+    )
+    assert "Archives that grow" in markdown
+
+
+def test_resume_state_is_bounded_by_the_wave_not_the_archive(bench):
+    res, _ = bench
+    small, large = res["archive"]["resume_state"]
+    assert (small["done_rows"], small["shards"], large["done_rows"], large["shards"]) == (20000, 20, 100000, 100)
+    wave = res["archive"]["wave_rows"]
+    assert large["filter_ids_at_most"] == min(wave, 100000)
+    assert large["filter_memory_before_ledger_mb"] == pytest.approx(5 * small["filter_memory_before_ledger_mb"])
+    files = res["archive"]["output_files"]
+    assert files["files_per_million_rows"] <= 100 < files["files_per_million_rows_before"]
 
 
 def test_headline_speed_is_a_measured_configuration_at_equal_quality(bench):

@@ -3,14 +3,17 @@ leaves each output the README points at."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 
 
-def test_the_demo_runs_every_job_and_leaves_their_outputs(tmp_path):
+def test_the_demo_runs_every_job_and_leaves_their_outputs(tmp_path, fitted_codec):
     out = tmp_path / "demo"
+    (out / "codec").mkdir(parents=True)
+    shutil.copy(fitted_codec, out / "codec" / "fitted_random_dac16.pth")  # the demo's own, fitted once a session
     small = [
         "max_steps=4",
         "train_sources_per_kind=3",

@@ -66,14 +66,14 @@ def run_evaluate(data, out, run_dir, weights=None):
 
 
 @pytest.fixture(scope="module")
-def synthetic_sets(tmp_path_factory, ray_session):
+def synthetic_sets(tmp_path_factory, ray_session, fitted_codec):
     """Training mixtures (with a val split) and held-out mixtures of other sources, each
     mixture one source of every kind at equal loudness, encoded with a codec fitted to yet
     other sources (`codec.pth`)."""
     root = tmp_path_factory.mktemp("synthetic")
     synthetic.write_sources(root / "src_train", per_kind=10, seconds=1.5, seed=0)
     synthetic.write_sources(root / "src_heldout", per_kind=2, seconds=1.5, seed=1)
-    weights = synthetic.fitted_random_codec(root / "codec.pth")
+    weights = fitted_codec
     prepare(
         root / "src_train",
         root / "data",

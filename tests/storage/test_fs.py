@@ -86,3 +86,25 @@ def test_explicit_s3_options_win_over_environment(s3_bucket, s3_server, monkeypa
     assert fs.read_bytes(f"{s3_bucket}/k.bin", s3=opts) == b"payload"
     monkeypatch.undo()
     assert fs.read_bytes(f"{s3_bucket}/k.bin") == b"payload"  # and the env vars reach the same server
+
+
+def test_remove_works_where_the_working_directory_is_gone(tmp_path, monkeypatch):
+    """A job submitted to a Ray job server can run after its working directory is deleted;
+    removing its checkpoint folder must not depend on it."""
+    target = tmp_path / "out.checkpoint"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "a.parquet").write_bytes(b"x")
+    gone = tmp_path / "cwd"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    fs.remove(str(target))
+    fs.remove(str(target))  # nothing there: fine
+    assert not target.exists()
+
+
+def test_remove_on_object_storage(s3_bucket):
+    fs.write_bytes_atomic(f"{s3_bucket}/dir/a.bin", b"a")
+    fs.write_bytes_atomic(f"{s3_bucket}/dir/sub/b.bin", b"b")
+    fs.remove(f"{s3_bucket}/dir")
+    assert fs.list_files(s3_bucket) == []
