@@ -7,7 +7,7 @@ costs, as the archive grows.
   prefix: the first run, a rerun with 1% new shards, a rerun with nothing new.
 - Resume state: a ledger synthesized for `archive_resume_rows` done rows in shards of
   `archive_rows_per_shard` (the 360 M / 36,000 archive's 10,000), planned against its
-  listing in a fresh process (peak memory over the same process without a ledger); the
+  listing in a fresh process (peak memory, and the same without a ledger); the
   row state a crashed run recovers is the wave in flight, at most `run.wave_rows` ids,
   whatever the archive holds (Ray's checkpoint filter array: bytes per id from
   `scale.measure_checkpoint_ids`).
@@ -160,20 +160,25 @@ def measure_reruns(cfg: BenchConfig, m: Models) -> dict:
 
 def plan_memory(ledger: str, n_shards: int, rows_per_shard: int) -> dict:
     """In this (fresh) process: read the ledger at `ledger` (may be empty) and plan one
-    unit over a listing of `n_shards` inputs it names; peak memory growth and time."""
-    import resource
+    unit over a listing of `n_shards` inputs it names; the peak of Python and Arrow memory
+    that takes, and its time."""
+    import tracemalloc
+
+    import pyarrow as pa
 
     from jobs.engine import InputFile, Ledger, diff_with_ledger
 
-    def peak_mb() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
     listed = [InputFile(f"s3://archive/codes/part-{k:06d}.parquet", 40_000_000, f"etag-{k}") for k in range(n_shards)]
-    before, t0 = peak_mb(), time.perf_counter()
+    arrow_before = pa.total_allocated_bytes()
+    tracemalloc.start()
+    t0 = time.perf_counter()
     plan = diff_with_ledger(listed, Ledger(ledger).entries(), ("target:speech",))
+    seconds = time.perf_counter() - t0
+    python_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     return {
-        "plan_s": time.perf_counter() - t0,
-        "peak_growth_mb": peak_mb() - before,
+        "plan_s": seconds,
+        "peak_mb": (python_peak + max(0, pa.total_allocated_bytes() - arrow_before)) / 2**20,
         "done_rows": plan.done_rows,
         "due": len(plan.due),
         "rows_per_shard": rows_per_shard,
@@ -219,15 +224,15 @@ def measure_resume_state(cfg: BenchConfig, bytes_per_id: float, wave_rows: int) 
             with_ledger = _plan_in_fresh_process(folder, n_shards, rows_per_shard)
             without = _plan_in_fresh_process(Path(tmp) / "empty", n_shards, rows_per_shard)
             ledger_bytes = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            filter_ids = min(wave_rows, rows)  # at most the wave in flight: done waves hold no row state
+            filter_ids = wave_rows  # at most the wave in flight: committed waves hold no row state
             out.append(
                 {
                     "done_rows": with_ledger["done_rows"],
                     "shards": n_shards,
                     "ledger_bytes": ledger_bytes,
                     "plan_s": with_ledger["plan_s"],
-                    "driver_plan_memory_mb": with_ledger["peak_growth_mb"],
-                    "driver_plan_memory_no_ledger_mb": without["peak_growth_mb"],
+                    "driver_plan_memory_mb": with_ledger["peak_mb"],
+                    "driver_plan_memory_no_ledger_mb": without["peak_mb"],
                     "filter_ids_at_most": filter_ids,
                     "filter_memory_at_most_mb": filter_ids * bytes_per_id / 2**20,
                     "filter_memory_before_ledger_mb": rows * bytes_per_id / 2**20,

@@ -81,9 +81,8 @@ def train_masker(tables, scenes, steps: int, seed: int = 0) -> Masker:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    weights = synthetic.fitted_random_codec(tmp_path_factory.mktemp("codec") / "codec.pth", per_kind=10)
-    codec = DacCodec.load(str(weights))
+def trained(fitted_codec):
+    codec = DacCodec.load(str(fitted_codec))
     tables = codec.tables()
     masker = train_masker(tables, train_scenes(codec, 40, 1.5, seed=0), steps=250)
     return SimpleNamespace(
