@@ -12,7 +12,8 @@ Modules: `config` (typed config, targets), `models` (shared models, timing), `co
 (MACs, matmul peak), `speed` (in-process speed, GPU section), `quality` (the precision
 rule), `pipeline` (the Ray jobs), `scale` and `archive`
 (many shards, reruns, resume state), `report` (summary, PASS/FAIL, Markdown).
-`--gpu` runs only the GPU section and writes `bench_gpu.json`.
+`--gpu` runs only the GPU section and writes `bench_gpu.json`; `--soak` only the soak over
+a growing archive (`soak`), `soak.json` and `soak.md`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.bench import archive, compute, pipeline, quality, report, scale, speed
+from jobs.bench import archive, compute, pipeline, quality, report, scale, soak, speed
 from jobs.bench.config import QUICK, BenchConfig
 from jobs.bench.models import build_models
 from jobs.engine import CONFIG_DIR, UsageError, default_config_path, load_config, setup_logging, to_dict
@@ -125,6 +126,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, argparse.Namespace]
     p.add_argument("--output", required=True, help="folder for bench.json and bench.md (bench_gpu.json with --gpu)")
     p.add_argument("--quick", action="store_true", help="less data and fewer repeats: a few minutes")
     p.add_argument("--gpu", action="store_true", help="only the GPU section (needs CUDA): bench_gpu.json")
+    p.add_argument("--soak", action="store_true", help="only the soak over a growing archive: soak.json, soak.md")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. batch_sizes=[1,8]")
     a = p.parse_args(argv)
@@ -145,6 +147,13 @@ def command(argv: list[str]) -> None:
         output.mkdir(parents=True, exist_ok=True)
         (output / "bench_gpu.json").write_text(json.dumps(res, indent=2, sort_keys=True))
         print(json.dumps({k: res[k] for k in ("machine", "separator_x_realtime_per_gpu", "best")}))
+        return
+    if args.soak:
+        res = soak.measure_soak(cfg, build_models(cfg))
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "soak.json").write_text(json.dumps(res, indent=2, sort_keys=True))
+        (output / "soak.md").write_text(soak.to_markdown(res))
+        print(soak.to_markdown(res))
         return
     res = run(cfg)
     docs = None if cfg.docs is None else CONFIG_DIR.parent / cfg.docs

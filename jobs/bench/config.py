@@ -78,6 +78,11 @@ class BenchConfig:
     archive_clip_seconds: float = 1.0
     archive_rows_per_shard: int = 10000  # synthesized ledgers: the 360 M-row, 36,000-shard archive's
     archive_resume_rows: list[int] = field(default_factory=lambda: [1_000_000, 10_000_000])
+    soak_shards: int = 1000  # --soak: the archive grown to this many shards (jobs.bench.soak)
+    soak_rows: int = 200
+    soak_first_shards: int = 100  # the archive before it grows
+    soak_wave_rows: int = 50000
+    soak_kill_after_wave_s: float = 20.0  # the kill lands this long after the first wave of the grown run commits
     matmul_size: int = 2048
     threads: int = 0
     seed: int = 0
