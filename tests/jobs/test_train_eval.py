@@ -7,6 +7,7 @@ weights can be downloaded here. Clips are short (DAC encodes at ~0.2 s per audio
 on this CPU)."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -73,7 +74,7 @@ def synthetic_sets(tmp_path_factory, ray_session, fitted_codec):
     root = tmp_path_factory.mktemp("synthetic")
     synthetic.write_sources(root / "src_train", per_kind=10, seconds=1.5, seed=0)
     synthetic.write_sources(root / "src_heldout", per_kind=2, seconds=1.5, seed=1)
-    weights = fitted_codec
+    weights = shutil.copy(fitted_codec, root / "codec.pth")  # the session's, fitted once
     prepare(
         root / "src_train",
         root / "data",
