@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(DAC_SPEC)
 	touch $@
 
-# ruff (lint + format) on the whole tree, mypy on codecsep_core and storage (pyproject.toml).
+# ruff (lint + format) on the whole tree, mypy on codecsep_core, storage and jobs/engine (pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
