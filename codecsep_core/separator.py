@@ -18,7 +18,9 @@ from codecsep_core.codec_tables import CodecTables
 from codecsep_core.masker import Masker
 from codecsep_core.windows import Slot, Window, crossfade_weights, pack_windows, plan_windows
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Masker compute dtype per precision. int8: the masker's linear layers dynamically
+# quantized (int8 weights and activations, fp32 elsewhere; CPU only, VNNI where the CPU has it).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class SeparatorConfig:
     window_frames: int = 500  # 10 s at 50 frames/s, as evaluated in the paper
     overlap_frames: int = 50
     batch_windows: int = 8  # masker rows of window_frames per call (each run once per prompt)
-    precision: str = "fp32"  # masker compute dtype: fp32 | bf16 | fp16
+    precision: str = "fp32"  # masker compute: fp32 | bf16 | fp16 | int8 (CPU)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -172,6 +174,10 @@ class Separator:
         self.device = next(masker.parameters()).device
         self.tables = tables.to(self.device)
         self.dtype = PRECISIONS[self.config.precision]
+        if self.config.precision == "int8":
+            if self.device.type != "cpu":
+                raise ValueError("precision int8 (dynamically quantized linear layers) runs on CPU only")
+            self.masker = torch.ao.quantization.quantize_dynamic(self.masker, {torch.nn.Linear}, dtype=torch.qint8)
 
     @torch.inference_mode()
     def separate(

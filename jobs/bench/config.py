@@ -58,7 +58,7 @@ class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     speedup_batch: int = 8
     waveform_max_batch: int = 8
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
     repeats: int = 3
     waveform_repeats: int = 1
     ablation_prompts: int = 4

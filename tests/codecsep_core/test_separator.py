@@ -252,3 +252,20 @@ def test_precisions_share_one_masker_in_any_order(tables, prompts):
     torch.manual_seed(0)
     reference = Separator(tables, Masker(MaskerConfig.preset("tiny")).eval()).separate(clip, prompts)[0]
     assert torch.equal(fp32.codes, reference.codes)
+
+
+def test_int8_quantizes_a_copy_and_stays_close_to_fp32(tables, prompts):
+    """int8 quantizes the masker's linear layers of its own copy: the user's masker, and an
+    fp32 separator built on it afterwards, are untouched. Its output is judged by the
+    bench's quality rule; here only that it is the same separation, near-tie codes aside."""
+    torch.manual_seed(0)
+    masker = Masker(MaskerConfig.preset("tiny")).eval()
+    clip = [rand_codes(60, 9)]
+    fp32 = Separator(tables, masker).separate(clip, prompts)[0]
+    int8_sep = Separator(tables, masker, SeparatorConfig(precision="int8"))
+    assert any("quantized" in type(m).__module__ for m in int8_sep.masker.modules())
+    assert not any("quantized" in type(m).__module__ for m in masker.modules())
+    int8 = int8_sep.separate(clip, prompts)[0]
+    assert int8.codes.shape == fp32.codes.shape
+    assert (int8.codes == fp32.codes).float().mean() > 0.5
+    assert torch.equal(Separator(tables, masker).separate(clip, prompts)[0].codes, fp32.codes)

@@ -89,6 +89,11 @@ def test_bench_reports_every_target_from_this_run(bench):
     reread = json.loads(json.dumps(res, sort_keys=True))  # bench.json as a reader gets it back
     assert target_rows(report.to_markdown(reread)) == target_rows(markdown)  # each target beside its own figure
     assert "Precision at equal quality" in markdown and "short-clip / long-clip" in markdown
+    int8 = res["quality"]["precisions"]["int8"]  # judged by the rule like bf16, whatever its verdict
+    assert int8["equal_quality"] == (
+        int8["snr_vs_target_db"] >= res["quality"]["precisions"]["fp32"]["snr_vs_target_db"] - 0.1
+    )
+    assert any(line.startswith("| int8 |") for line in markdown.splitlines())
 
 
 def test_planning_lists_every_shard_and_the_resume_state_is_measured(bench):
