@@ -26,7 +26,6 @@ every file is written atomically, so a crash never leaves a partial one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -51,6 +50,7 @@ from jobs.engine import (
     Stage,
     StageOutput,
     add_ray_arguments,
+    digest,
     in_folder,
     listed_files,
     require,
@@ -121,7 +121,7 @@ class ExportStage(Stage):
         )
 
     def settings(self) -> dict[str, str]:
-        weights = {"codec_weights": hashlib.sha256(self.weights).hexdigest()[:16]} if self.weights else {}
+        weights = {"codec_weights": digest(self.weights)} if self.weights else {}
         return {"format": self.fmt, "subtype": self.subtype, **weights}
 
     def output_row_bytes(self, input_row_bytes: float) -> float:

@@ -11,7 +11,6 @@ keeps the URI of its file in `source`, the key the runner resumes on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import posixpath
 import time
@@ -34,6 +33,7 @@ from jobs.engine import (
     Stage,
     StageOutput,
     add_ray_arguments,
+    digest,
     listed_files,
     require,
     run_stage,
@@ -93,7 +93,7 @@ class IngestStage(Stage):
     def settings(self) -> dict[str, str]:
         """The codec, and the weights audio is encoded with (the encoder window does not
         change the codes: windows overlap by the receptive field)."""
-        weights = {"codec_weights": hashlib.sha256(self.weights).hexdigest()[:16]} if self.weights else {}
+        weights = {"codec_weights": digest(self.weights)} if self.weights else {}
         return {"codec": self.codec_name, **weights}
 
     def output_row_bytes(self, input_row_bytes: float) -> float:

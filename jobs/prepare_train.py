@@ -55,6 +55,7 @@ from jobs.engine import (
     Stage,
     StageOutput,
     add_ray_arguments,
+    digest,
     in_folder,
     listed_files,
     require,
@@ -208,10 +209,7 @@ def generic_inputs(items: list[dict]) -> list[InputFile]:
     """Each drawn mixture stands for an input of its own, versioned by its draw: stems (and
     their sizes), gains and offsets. A grown stems folder draws other mixtures: their
     versions change, and the runner names them instead of mixing two plans."""
-    return [
-        InputFile(item["input"], 0, hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()[:16])
-        for item in items
-    ]
+    return [InputFile(item["input"], 0, digest(json.dumps(item, sort_keys=True).encode())) for item in items]
 
 
 def detect_layout(src: str) -> str:
@@ -277,7 +275,7 @@ class PrepareStage(Stage):
             self.weights, _ = resolve.codec_weights(self.weights_uri, self.codec_name)
 
     def settings(self) -> dict[str, str]:
-        weights = {"codec_weights": hashlib.sha256(self.weights).hexdigest()[:16]} if self.weights else {}
+        weights = {"codec_weights": digest(self.weights)} if self.weights else {}
         return {**self.plan, **weights}
 
     def output_row_bytes(self, input_row_bytes: float) -> float:

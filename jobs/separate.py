@@ -13,7 +13,6 @@ engine's runner reads the shards, resumes, writes and reports.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from jobs.engine import (
     Stage,
     StageOutput,
     add_ray_arguments,
+    digest,
     require,
     run_stage,
 )
@@ -49,10 +49,6 @@ SCORES_ROW_BYTES = 200.0  # a scores-only output row (measured by the bench: 67 
 def unit(stem: str, prompt: str) -> str:
     """The ledger's name of one (prompt, stem) of work."""
     return f"{stem}:{prompt}"
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -96,9 +92,12 @@ class SeparateStage(Stage):
         self.vectors, self.exclude_vectors, self.exclude_names = vectors, exclude, list(cfg.exclude)
         self.prompts, self.config, self.activity = list(cfg.prompts), cfg.separator, cfg.activity
         self.stems = ("target", "residual") if cfg.residual else ("target",)
-        self.with_codes = cfg.emit == "codes"
         self.emit = cfg.emit
         self.due = set(self.units())
+
+    @property
+    def with_codes(self) -> bool:
+        return self.emit == "codes"
 
     def units(self) -> tuple[str, ...]:
         """One unit of work per (prompt, stem): `target:speech`, `residual:speech`, ..."""

@@ -183,11 +183,6 @@ def list_files(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = No
     return [f.uri for f in list_file_stats(uri, suffixes, s3)]
 
 
-def list_file_sizes(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = None) -> list[tuple[str, int]]:
-    """`list_files` with each file's size in bytes, from the same listing requests."""
-    return [(f.uri, f.size) for f in list_file_stats(uri, suffixes, s3)]
-
-
 def list_file_stats(uri: str, suffixes: Iterable[str] = (), s3: S3Options | None = None) -> list[FileStat]:
     """`list_files` with each file's size and version, from the same listing requests."""
     fs, root = resolve(uri, s3)

@@ -29,7 +29,6 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from jobs.bench.config import BenchConfig
@@ -50,23 +49,6 @@ def _environ(**values: str):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _shard(m: Models, ids: list[str], n_frames: int, gen: torch.Generator):
-    from storage.schema import CODE_SHARD_SCHEMA, codes_to_arrow, table_from_columns
-
-    info = m.tables.info
-    clips = [c.numpy().astype(np.uint16) for c in m.random_codes(len(ids), n_frames, gen)]
-    return table_from_columns(
-        {
-            "id": ids,
-            "codes": codes_to_arrow(clips),
-            "codec": [info.name] * len(ids),
-            "sample_rate": [info.sample_rate] * len(ids),
-            "n_samples": [n_frames * info.hop_length] * len(ids),
-        },
-        CODE_SHARD_SCHEMA,
-    )
 
 
 def measure_reruns(cfg: BenchConfig, m: Models) -> dict:
@@ -103,7 +85,7 @@ def measure_reruns(cfg: BenchConfig, m: Models) -> dict:
             def put(first: int, n: int) -> None:
                 for k in range(first, first + n):
                     ids = [f"s{k:05d}-{i:04d}" for i in range(cfg.archive_rows)]
-                    write_table_atomic(f"s3://{bucket}/codes/part-{k:05d}.parquet", _shard(m, ids, n_frames, gen))
+                    write_table_atomic(f"s3://{bucket}/codes/part-{k:05d}.parquet", m.random_shard(ids, n_frames, gen))
 
             put(0, cfg.archive_shards)
             torch.manual_seed(cfg.seed)
@@ -250,7 +232,9 @@ def files_per_million_rows(cfg: BenchConfig, m: Models, target_file_mb: float) -
     import pyarrow.parquet as pq
 
     rows = 64
-    table = _shard(m, [f"c{i:04d}" for i in range(rows)], m.frames(cfg.clip_seconds), torch.Generator().manual_seed(3))
+    table = m.random_shard(
+        [f"c{i:04d}" for i in range(rows)], m.frames(cfg.clip_seconds), torch.Generator().manual_seed(3)
+    )
     buf = io.BytesIO()
     pq.write_table(table, buf)
     row_bytes = len(buf.getvalue()) / rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from codecsep_core import CodecTables, Masker, MaskerConfig
@@ -26,6 +27,26 @@ class Models:
 
     def seconds(self, n_frames: int) -> float:
         return n_frames / self.tables.info.frame_rate
+
+    def code_shard(self, ids: list[str], clips: list[np.ndarray]):
+        """A code shard (the input schema) of `clips` ([n_q, T] uint16 codes) under `ids`."""
+        from storage.schema import CODE_SHARD_SCHEMA, codes_to_arrow, table_from_columns
+
+        info = self.tables.info
+        return table_from_columns(
+            {
+                "id": ids,
+                "codes": codes_to_arrow(clips),
+                "codec": [info.name] * len(ids),
+                "sample_rate": [info.sample_rate] * len(ids),
+                "n_samples": [c.shape[1] * info.hop_length for c in clips],
+            },
+            CODE_SHARD_SCHEMA,
+        )
+
+    def random_shard(self, ids: list[str], n_frames: int, gen: torch.Generator):
+        """A code shard of random clips of `n_frames` frames."""
+        return self.code_shard(ids, [c.numpy().astype(np.uint16) for c in self.random_codes(len(ids), n_frames, gen)])
 
     def random_codes(self, n_clips: int, n_frames: int, gen: torch.Generator) -> list[torch.Tensor]:
         info = self.tables.info

@@ -24,25 +24,10 @@ def write_job_inputs(cfg: BenchConfig, m: Models, root: Path) -> dict:
     """Code shards of random clips, the masker and codec tables files, a prompt table;
     and one more shard (`warmup/`) of other clips, for the cold-start run."""
     from storage.prompt_table import PromptTable, write_prompt_table
-    from storage.schema import CODE_SHARD_SCHEMA, codes_to_arrow, table_from_columns
     from storage.shards import write_table_atomic
 
-    info = m.tables.info
-
     def write_shard(path: Path, ids: list[str], clips: list[np.ndarray]) -> None:
-        write_table_atomic(
-            str(path),
-            table_from_columns(
-                {
-                    "id": ids,
-                    "codes": codes_to_arrow(clips),
-                    "codec": [info.name] * len(ids),
-                    "sample_rate": [info.sample_rate] * len(ids),
-                    "n_samples": [c.shape[1] * info.hop_length for c in clips],
-                },
-                CODE_SHARD_SCHEMA,
-            ),
-        )
+        write_table_atomic(str(path), m.code_shard(ids, clips))
 
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     n_clips = max(cfg.job_shards, round(cfg.job_seconds / cfg.clip_seconds))

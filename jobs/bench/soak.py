@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import torch
 
-from jobs.bench.archive import _shard
 from jobs.bench.config import BenchConfig
+from jobs.bench.lost_machine import LostMachine
 from jobs.bench.models import Models
 
 log = logging.getLogger("codecsep.bench")
@@ -38,13 +35,11 @@ class Run:
     """A separate job in its own process, its driver's peak RSS sampled every 0.2 s."""
 
     def __init__(self, args: list[str], log_path: Path):
-        self.marker = uuid.uuid4().hex
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "CODECSEP_SOAK_RUN": self.marker}
-        self.log_path = log_path
+        self.machine, self.log_path = LostMachine(), log_path
         with open(log_path, "w") as sink:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jobs.separate", *args],
-                env=env,
+                env=self.machine.env,
                 stdout=sink,
                 stderr=sink,
                 start_new_session=True,
@@ -71,16 +66,7 @@ class Run:
         return time.perf_counter() - self.t0
 
     def kill(self) -> None:
-        import psutil
-
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        for p in psutil.process_iter():
-            try:
-                if p.environ().get("CODECSEP_SOAK_RUN") == self.marker:
-                    p.kill()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        self.proc.wait()
+        self.machine.kill(self.proc)
 
     def report(self) -> dict:
         text = self.log_path.read_text()
@@ -115,7 +101,7 @@ def measure_soak(cfg: BenchConfig, m: Models) -> dict:
         def put(first: int, last: int) -> None:
             for k in range(first, last):
                 ids = [f"s{k:05d}-{i:04d}" for i in range(cfg.soak_rows)]
-                write_table_atomic(str(root / "codes" / f"part-{k:05d}.parquet"), _shard(m, ids, n_frames, gen))
+                write_table_atomic(str(root / "codes" / f"part-{k:05d}.parquet"), m.random_shard(ids, n_frames, gen))
 
         torch.manual_seed(cfg.seed)
         save_masker(Masker(MaskerConfig.preset("tiny")).eval(), root / "masker.safetensors")

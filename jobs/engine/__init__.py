@@ -34,7 +34,7 @@ from jobs.engine.options import RayOptions, RunOptions, add_ray_arguments
 from jobs.engine.plan import diff as diff_with_ledger
 from jobs.engine.report import JobReport
 from jobs.engine.runner import run_stage
-from jobs.engine.stage import BadInput, ErrorRow, Stage, StageOutput
+from jobs.engine.stage import BadInput, ErrorRow, Stage, StageOutput, digest
 
 __all__ = [
     "EXIT_CHANGED_INPUTS",
@@ -68,6 +68,7 @@ __all__ = [
     "check_device",
     "default_config_path",
     "device_for",
+    "digest",
     "diff_with_ledger",
     "failure_reason",
     "in_folder",

@@ -39,7 +39,7 @@ from jobs.engine.actor import StageActor
 from jobs.engine.cluster import actor_env, check_cluster_gpus, cluster_state, device_for, init_ray
 from jobs.engine.errors import EXIT_CHANGED_INPUTS, EXIT_ERROR_BUDGET, JobFailed, JobStalled
 from jobs.engine.inputs import Items, Planned, Shards, listed_files, with_footer_rows
-from jobs.engine.ledger import InputFile, Ledger, Wave, new_wave_id
+from jobs.engine.ledger import Entry, InputFile, Ledger, Wave, new_wave_id
 from jobs.engine.options import RayOptions, RunOptions
 from jobs.engine.report import JobReport
 from jobs.engine.sinks import ShardSink
@@ -79,9 +79,14 @@ class Work:
 # --------------------------------------------------------------------------- planning
 
 
-def plan_work(stage: Stage, inputs: Shards | Planned, ledger: Ledger, options: RunOptions, s3) -> Work:
+def plan_work(
+    stage: Stage, inputs: Shards | Planned, ledger: Ledger, inflight: Wave | None, options: RunOptions, s3
+) -> Work:
+    """The run's waves from the listing and the ledger (`inflight`: the wave a crashed run
+    left unfinished, read once by the caller)."""
     listed = listed_files(inputs.uri, (".parquet",), s3) if isinstance(inputs, Shards) else inputs.listing()
-    plan = planning.diff(listed, ledger.entries(), stage.units())
+    entries = ledger.entries()
+    plan = planning.diff(listed, entries, stage.units())
     for now, before in plan.changed:
         log.warning(
             "%s: %s changed since it was processed (size %d -> %d, version %s -> %s): not processed",
@@ -93,7 +98,6 @@ def plan_work(stage: Stage, inputs: Shards | Planned, ledger: Ledger, options: R
             now.version,
         )
     work = Work(plan, skipped_rows=plan.done_rows)
-    inflight = ledger.inflight()
     current = {f.uri: f for f in listed}
     if inflight is not None:
         moved = [f for f in inflight.inputs if f.uri not in current or not current[f.uri].same_file(f)]
@@ -104,7 +108,7 @@ def plan_work(stage: Stage, inputs: Shards | Planned, ledger: Ledger, options: R
             work.waves.append(inflight)
     taken = {f.uri for f in inflight.inputs} if inflight else set()
     due = [d for d in plan.due if d.file.uri not in taken]
-    retry = retry_waves(stage, ledger, listed, by_source=isinstance(inputs, Shards)) if options.retry_errors else []
+    retry = retry_waves(stage, ledger, entries, listed, isinstance(inputs, Shards)) if options.retry_errors else []
     work.skipped_rows -= sum(f.rows or 0 for w in retry for f in w.inputs)
     if isinstance(inputs, Shards):
         files = with_footer_rows([d.file for d in due], s3)
@@ -129,7 +133,9 @@ def _empty_items(key: str) -> pa.Table:
     return pa.table({key: pa.array([], pa.string()), "source": pa.array([], pa.string())})
 
 
-def retry_waves(stage: Stage, ledger: Ledger, listed: list[InputFile], by_source: bool) -> list[Wave]:
+def retry_waves(
+    stage: Stage, ledger: Ledger, entries: dict[str, Entry], listed: list[InputFile], by_source: bool
+) -> list[Wave]:
     """`--retry-errors`: the failed keys of this stage due again, in waves over the inputs
     they came from (`by_source`: the shards their error rows name; else every done input,
     whose items are planned again and only the failed ones run). The last wave retires
@@ -145,7 +151,6 @@ def retry_waves(stage: Stage, ledger: Ledger, listed: list[InputFile], by_source
             keys.update(rows["key"].to_pylist())
             sources_.update(rows["source"].to_pylist())
             retired.append(uri)
-    entries = ledger.entries()
     by_units: dict[tuple[str, ...], list[InputFile]] = {}
     for f in listed:
         entry = entries.get(f.uri)
@@ -253,8 +258,9 @@ def run_stage(
     inflight = ledger.inflight()
     if inflight is not None and not options.dry_run and inflight.id in ledger.waves_committed():
         finish_wave(inflight, ledger, checkpoint)  # the last run died after committing it
+        inflight = None
     with report.stage("plan"):
-        work = plan_work(stage, inputs, ledger, options, s3)
+        work = plan_work(stage, inputs, ledger, inflight, options, s3)
     stage.prepare(None if work.items is None else work.items.table)
     ledger.claim({"job": stage.name, **stage.settings()}, write=not options.dry_run)
     summary = work.summary()

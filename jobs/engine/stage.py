@@ -10,10 +10,17 @@ report, Ray settings) belongs to the engine's runner (`jobs.engine.runner`), wri
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pyarrow as pa
+
+
+def digest(data: bytes) -> str:
+    """A short digest of bytes a stage's outputs depend on (model weights, a prompt's
+    vector), for `Stage.settings()`."""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 class BadInput(ValueError):

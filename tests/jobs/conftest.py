@@ -1,10 +1,6 @@
 """Fixtures for job tests: one embedded Ray for the session, and a way to crash a job run
 in a subprocess like a lost machine. The random-weight DAC fixtures live in tests/conftest.py."""
 
-import os
-import signal
-import uuid
-
 import pytest
 
 
@@ -23,30 +19,10 @@ def dac_weights(dac16_checkpoint):
     return dac16_checkpoint
 
 
-class LostMachine:
-    """Start a job with `env` and `kill()` it with kill -9: the driver and every process of
-    its Ray instance. Ray's node processes leave the driver's process group and tree, so
-    they are found by an environment variable they all inherit."""
-
-    def __init__(self):
-        self.marker = uuid.uuid4().hex
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "CODECSEP_TEST_RUN": self.marker}
-
-    def kill(self, proc) -> None:
-        import psutil
-
-        os.killpg(proc.pid, signal.SIGKILL)
-        for p in psutil.process_iter():
-            try:
-                if p.environ().get("CODECSEP_TEST_RUN") == self.marker:
-                    p.kill()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        proc.wait()
-
-
 @pytest.fixture
 def lost_machine():
+    from jobs.bench.lost_machine import LostMachine
+
     return LostMachine()
 
 
