@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0
 DAC_SPEC := descript-audiotools==0.7.2 descript-audio-codec==1.0.0
 
-.PHONY: install install-browser lint test demo bench gpu-check clean
+.PHONY: install install-browser install-sounds lint test demo bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -29,10 +29,19 @@ lint: install
 install-browser:
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-test: lint install-browser
+# Debian's espeak-ng, fluidsynth, a General MIDI soundfont and the freedesktop sound theme:
+# the real sounds of the demo's scenes (jobs.scenes). Needs root, as install-browser does.
+SOUND_PACKAGES := espeak-ng fluidsynth timgm6mb-soundfont sound-theme-freedesktop
+install-sounds:
+	dpkg -s $(SOUND_PACKAGES) >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUND_PACKAGES))
+
+test: lint install-browser install-sounds
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q tests
 
+# Scenes of real sounds where the packages can be installed; otherwise the demo says why in
+# one line and runs on synthetic sounds.
 demo: install
+	-@$(MAKE) --no-print-directory install-sounds
 	RAY_AUTH_MODE=disabled $(VENV)/bin/codecsep demo --output demo_out
 
 bench: install

@@ -18,8 +18,15 @@ waveform SI-SDR of the decoded separation against the reference stem, its improv
 over the mixture (SI-SDRi), and the SI-SDR of the oracle codec reconstruction (the stem's
 own codes decoded): the codec's loss, told apart from the separation's.
 
-Writes OUTPUT/evaluation.md and OUTPUT/evaluation.json (means per prompt) and prints the
-Markdown table. Runs in the driver process: labelled sets are small.
+Per prompt, also the paired gains over the identity mask and over the wrong prompt: the
+mean per-clip gain, its 95% confidence interval and a Wilcoxon signed-rank p (jobs.gains).
+`--against DIR` adds the gain over another evaluation of the same set (another masker),
+paired by clip the same way.
+
+Writes OUTPUT/evaluation.md, OUTPUT/evaluation.json (means and gains per prompt) and
+OUTPUT/evaluation_rows.parquet (one row of figures per labelled row: what the gains are
+computed from) and prints the Markdown tables. Runs in the driver process: labelled sets
+are small.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from codecsep_core import SeparatorConfig
-from jobs import resolve
+from jobs import gains, resolve
 from jobs.engine import JobParser, JobReport, require
 from storage import fs as sfs
 from storage import shards
@@ -64,6 +72,7 @@ class EvaluateConfig:
     codec_tables: str | None = None  # codec tables (train writes <run>/codec_tables.safetensors); or codec_weights
     codec_weights: str | None = None  # DAC checkpoint: enables waveform SI-SDR / SI-SDRi / oracle (needs audio)
     prompt_table: str | None = None  # train writes <run>/prompts.parquet; missing prompts are embedded with CLAP
+    against: str | None = None  # another evaluation's OUTPUT on the same set: adds the paired gain over it
     clap_checkpoint: str | None = None
     separator: SeparatorConfig = field(default_factory=SeparatorConfig)  # as `separate` runs it
     threads: int = 2  # torch threads
@@ -143,6 +152,15 @@ def markdown(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+ROWS_FILE = "evaluation_rows.parquet"
+
+
+def rows_table(per_row: list[dict]) -> pa.Table:
+    """The per-clip figures (id, prompt and every scalar metric)."""
+    keys = [k for k in per_row[0] if not isinstance(per_row[0][k], list)]
+    return pa.table({k: [r.get(k) for r in per_row] for k in keys})
+
+
 def load_context(cfg: EvaluateConfig, set_prompts: list[str], with_audio: bool) -> dict:
     import torch
 
@@ -185,11 +203,17 @@ def run(cfg: EvaluateConfig) -> tuple[JobReport, str]:
     per_row = []
     with report.stage("metrics"), torch.inference_mode():
         for row in table.to_pylist():
-            per_row.append((row["prompt"], row_metrics(row, ctx)))
-    summary = summarise(per_row)
-    md = markdown(summary)
+            per_row.append({"id": row["id"], "prompt": row["prompt"], **row_metrics(row, ctx)})
+    summary = summarise([(r["prompt"], {k: v for k, v in r.items() if k not in ("id", "prompt")}) for r in per_row])
+    result = {"summary": summary, "gains": gains.gains(per_row)}
+    tables = [markdown(summary), gains.markdown(result["gains"])]
+    if cfg.against:
+        result["against"] = gains.against(per_row, shards.read_table(sfs.join(cfg.against, ROWS_FILE)).to_pylist())
+        tables.append(f"Against {cfg.against}:\n\n{gains.markdown(result['against'])}")
+    md = "\n\n".join(tables)
+    shards.write_table_atomic(sfs.join(cfg.output, ROWS_FILE), rows_table(per_row))
     sfs.write_bytes_atomic(sfs.join(cfg.output, "evaluation.md"), (md + "\n").encode())
-    sfs.write_bytes_atomic(sfs.join(cfg.output, "evaluation.json"), json.dumps(summary, indent=1).encode())
+    sfs.write_bytes_atomic(sfs.join(cfg.output, "evaluation.json"), json.dumps(result, indent=1).encode())
     report.rows_in = report.rows_out = table.num_rows
     report.audio_hours = float(np.sum(np.asarray(table["n_samples"]) / np.asarray(table["sample_rate"]))) / 3600
     report.wall_s = time.perf_counter() - t0
@@ -213,6 +237,7 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
     p.add_argument("--codec-tables", help="codec tables URI")
     p.add_argument("--codec-weights", help="DAC checkpoint URI (waveform metrics)")
     p.add_argument("--prompt-table", help="prompt table URI (train writes <run>/prompts.parquet)")
+    p.add_argument("--against", help="another evaluation's OUTPUT on the same set: the paired gain over it")
     return p.parse_config(argv)
 
 

@@ -6,8 +6,8 @@ target's prompt, so training and evaluation run in code space. Two input layouts
 - `dnr` (Divide and Remaster v2): one folder per clip with `mix.wav`, `speech.wav`,
   `music.wav`, `sfx.wav` and `annots.csv` (sound-effect labels with start/end times in
   seconds). Clips are cut into `segment_seconds` windows; prompts are "speech", "music"
-  and, for the sfx stem, the labels of the effects heard in that window (no label: no
-  sfx row).
+  and, for the sfx stem, the labels of the effects heard in that window, or `sfx_prompt`
+  (e.g. "sound effects", DnR's own prompt) where one is set (no effect heard: no sfx row).
 - `generic`: audio files anywhere under SRC, with a `captions.csv` (`file,caption`, file
   relative to SRC) or, without one, each file's folder name as its caption. Mixtures
   are drawn at random (seeded): `mixing.sources_per_mix` stems of distinct captions,
@@ -85,6 +85,7 @@ class PrepareTrainConfig:
     input: str | None = None
     output: str | None = None
     layout: str = "auto"  # auto | dnr | generic
+    sfx_prompt: str | None = None  # dnr layout: the sfx stem's prompt; null: the labels of the effects heard
     captions: str = "captions.csv"  # generic layout: file,caption (relative to SRC)
     codec: str | None = None  # null: the codec of codec_weights (dac_16khz without weights)
     codec_weights: str | None = None  # DAC checkpoint URI; null: DAC's official download
@@ -265,7 +266,10 @@ class PrepareStage(Stage):
             cfg.segment_seconds,
             cfg.keep_audio,
         )
-        self.plan = {k: str(getattr(cfg, k)) for k in ("layout", "segment_seconds", "val_fraction", "keep_audio")}
+        self.plan = {
+            k: str(getattr(cfg, k)) for k in ("layout", "sfx_prompt", "segment_seconds", "val_fraction", "keep_audio")
+        }
+        self.sfx_prompt = cfg.sfx_prompt
         self.plan["mixing"] = str(cfg.mixing)
         self.weights: bytes | None = None
 
@@ -311,7 +315,9 @@ class PrepareStage(Stage):
             labels = dnr_labels(sfs.read_bytes(sfs.join(item["folder"], "annots.csv")), a / rate, b / rate)
             targets = []
             for name in DNR_STEMS:
-                prompt = ", ".join(labels) if name == "sfx" else name
+                prompt = name
+                if name == "sfx":
+                    prompt = (self.sfx_prompt or ", ".join(labels)) if labels else ""
                 if prompt:
                     stem, stem_rate = mono(sfs.read_bytes(sfs.join(item["folder"], f"{name}.wav")))
                     if stem_rate != rate:

@@ -73,12 +73,12 @@ def build_quality_set(cfg: QualityConfig, seed: int = 0) -> QualitySet:
     prompts = torch.from_numpy(training.fixed_prompt_vectors(synthetic.KINDS))
     torch.manual_seed(seed)
     masker = Masker(MaskerConfig.preset(cfg.preset, dropout=0.0))
-    losses = _train(masker, tables, prompts, *sets["train"], cfg, seed)
+    losses = train_masker(masker, tables, prompts, *sets["train"], cfg, seed)
     mixtures, targets = sets["heldout"]
     return QualitySet(tables, masker.eval(), prompts, list(mixtures), list(targets), losses)
 
 
-def _train(
+def train_masker(
     masker: Masker,
     tables: CodecTables,
     prompts: torch.Tensor,
@@ -87,7 +87,8 @@ def _train(
     cfg: QualityConfig,
     seed: int,
 ) -> list[float]:
-    """`cfg.steps` optimiser steps on random (mixture, kind) rows of the training set."""
+    """`cfg.steps` optimiser steps on random (mixture, target) rows of the training set (deterministic
+    for a seed: no Ray, no data loader)."""
     optimizer = training.make_optimizer(masker, lr=cfg.lr)
     rng = np.random.default_rng(seed)
     n_mix, n_kinds = targets.shape[:2]

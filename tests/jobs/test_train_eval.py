@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
@@ -61,8 +62,8 @@ def trained_model_args(run_dir) -> list[str]:
     ]
 
 
-def run_evaluate(data, out, run_dir, weights=None):
-    args = [str(data), str(out), *trained_model_args(run_dir)]
+def run_evaluate(data, out, run_dir, weights=None, *extra):
+    args = [str(data), str(out), *trained_model_args(run_dir), *extra]
     return evaluate.run(evaluate.parse_args(args + (["--codec-weights", str(weights)] if weights else [])))
 
 
@@ -144,9 +145,25 @@ def test_trained_masker_beats_identity_and_wrong_prompt(synthetic_sets, tmp_path
         assert s["latent_snr"] > s["latent_snr_identity"] + 0.3, (prompt, s)  # what separate writes
         assert s["sisdr"] is not None and s["sisdr_oracle"] is not None  # waveform metrics with audio + decoder
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert set(saved) == set(synthetic.KINDS) | {"(all)"}
-    assert len(saved["tone"]["code_agreement_per_codebook"]) == 12
+    assert set(saved["summary"]) == set(synthetic.KINDS) | {"(all)"}
+    assert len(saved["summary"]["tone"]["code_agreement_per_codebook"]) == 12
     assert "| tone |" in (tmp_path / "eval" / "evaluation.md").read_text()
+    # the paired gains are computed from the per-clip rows evaluate writes beside them
+    rows = pq.read_table(tmp_path / "eval" / "evaluation_rows.parquet").to_pylist()
+    assert len(rows) == ev.rows_out and len({r["id"] for r in rows}) == len(rows)
+    for prompt in synthetic.KINDS:
+        over_identity = saved["gains"][prompt]["codes"]["identity mask"]
+        assert over_identity["n"] == summary[prompt]["n"]
+        assert over_identity["mean"] == pytest.approx(summary[prompt]["latent_snri"])
+        low, high = over_identity["ci95"]
+        assert low < over_identity["mean"] < high and 0 <= over_identity["p"] <= 1
+    # another masker of the same set, paired by clip: here the same one, so a gain of exactly 0
+    ev2, table2 = run_evaluate(
+        synthetic_sets / "heldout" / "train", tmp_path / "eval2", run_dir, None, "--against", str(tmp_path / "eval")
+    )
+    against = json.loads((tmp_path / "eval2" / "evaluation.json").read_text())["against"]
+    assert {g["codes"]["other masker"]["mean"] for g in against.values()} == {0.0}
+    assert f"Against {tmp_path / 'eval'}" in table2
 
 
 def test_evaluate_measures_what_separate_writes(synthetic_sets, tmp_path):
