@@ -20,6 +20,7 @@ from jobs.engine import (
     JobFailed,
     JobStalled,
     UsageError,
+    drop_ray_noise,
     failure_reason,
 )
 
@@ -34,7 +35,7 @@ JOBS = {
     "train": "train the masker (Ray Train)",
     "evaluate": "separation metrics on a labelled set",
     "bench": "speed and compute figures",
-    "demo": "the whole chain offline on generated audio",
+    "demo": "the whole chain offline on scenes of speech, music and effects",
 }
 
 
@@ -73,7 +74,10 @@ def run_cli(job: str, body: Callable[[], None], argv: list[str]) -> int:
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, program: bool | None = None) -> int:
+    """`program` (default: when argv comes from the command line): this process is the
+    codecsep program, so Ray's known-noise lines are dropped from its output unless -v."""
+    program = argv is None if program is None else program
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if job not in JOBS:
         print(f"codecsep: unknown job {job!r}\n\n{usage()}", file=sys.stderr)
         return EXIT_USAGE
+    if program and not {"-v", "--verbose"} & set(rest):
+        drop_ray_noise()
     module = importlib.import_module(f"jobs.{job.replace('-', '_')}")
     return run_cli(job, lambda: module.command(rest), rest)
 

@@ -251,7 +251,7 @@ def run(cfg: DemoConfig) -> str:
         "its decoder random (no waveform figures): no official weights on this machine"
     )
     notes = [
-        f"sounds: {SOUND_NOTES[kind]}" + (f" ({why_not_scenes})" if why_not_scenes else ""),
+        f"sounds: {SOUND_NOTES[kind]}",
         f"codec: {'official DAC 16 kHz weights' if official else random_codec} ({weights})",
     ]
     ray_args = ray_overrides(cfg)
@@ -399,4 +399,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["demo", *sys.argv[1:]]))
+    raise SystemExit(main(["demo", *sys.argv[1:]], program=True))

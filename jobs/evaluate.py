@@ -255,4 +255,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["evaluate", *sys.argv[1:]]))
+    raise SystemExit(main(["evaluate", *sys.argv[1:]], program=True))

@@ -326,4 +326,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["export", *sys.argv[1:]]))
+    raise SystemExit(main(["export", *sys.argv[1:]], program=True))

@@ -234,4 +234,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["ingest", *sys.argv[1:]]))
+    raise SystemExit(main(["ingest", *sys.argv[1:]], program=True))

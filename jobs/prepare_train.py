@@ -444,4 +444,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["prepare-train", *sys.argv[1:]]))
+    raise SystemExit(main(["prepare-train", *sys.argv[1:]], program=True))

@@ -158,4 +158,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["prompts", *sys.argv[1:]]))
+    raise SystemExit(main(["prompts", *sys.argv[1:]], program=True))

@@ -251,4 +251,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["report", *sys.argv[1:]]))
+    raise SystemExit(main(["report", *sys.argv[1:]], program=True))

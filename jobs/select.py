@@ -269,4 +269,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["select", *sys.argv[1:]]))
+    raise SystemExit(main(["select", *sys.argv[1:]], program=True))

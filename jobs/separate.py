@@ -262,4 +262,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["separate", *sys.argv[1:]]))
+    raise SystemExit(main(["separate", *sys.argv[1:]], program=True))

@@ -523,4 +523,4 @@ if __name__ == "__main__":
 
     from jobs.cli import main
 
-    raise SystemExit(main(["train", *sys.argv[1:]]))
+    raise SystemExit(main(["train", *sys.argv[1:]], program=True))

@@ -4,4 +4,4 @@ import sys
 
 from jobs.cli import main
 
-raise SystemExit(main(["bench", *sys.argv[1:]]))
+raise SystemExit(main(["bench", *sys.argv[1:]], program=True))

@@ -29,7 +29,7 @@ from jobs.engine.errors import (
 )
 from jobs.engine.inputs import Items, Planned, Shards, listed_files
 from jobs.engine.ledger import InputFile, Ledger, Wave
-from jobs.engine.logs import setup_logging, verbose
+from jobs.engine.logs import drop_ray_noise, setup_logging, verbose
 from jobs.engine.options import RayOptions, RunOptions, add_ray_arguments
 from jobs.engine.plan import diff as diff_with_ledger
 from jobs.engine.report import JobReport
@@ -77,6 +77,7 @@ __all__ = [
     "load_config",
     "require",
     "run_stage",
+    "drop_ray_noise",
     "setup_logging",
     "to_dict",
     "verbose",

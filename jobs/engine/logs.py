@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import threading
 import warnings
+from collections.abc import Callable
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -54,3 +57,76 @@ QUIET_WORKERS = {
 def verbose() -> bool:
     """Whether the CLI was given -v: Ray's own INFO lines are shown only then."""
     return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+
+
+# Lines Ray prints to a program's stdout or stderr that no setting turns off, and that tell a user of
+# a healthy run nothing (-v shows them; Ray's log files keep them):
+RAY_NOISE = (
+    # Ray Data passes its map transformer to its actors through the object store, and the
+    # C++ core worker logs that at ERROR for any restartable actor (ray-project/ray#53727).
+    b"has constructor arguments in the object store",
+    # The raylet, when a 2-core machine starts workers slower than Ray Data asks for them.
+    b"PYTHON worker processes have been started",
+    # Ray Data in Ray Train's dataset split coordinator, which has no progress display to show.
+    b"Progress bars disabled",
+)
+DRAIN_S = 5.0  # at exit, how long to wait for lines still in the pipes
+
+
+def drop_ray_noise(noise: tuple[bytes, ...] = RAY_NOISE) -> None:
+    """Pass this process's stdout and stderr (file descriptors 1 and 2: Python, the C++
+    core worker, and the Ray processes it starts, whose lines Ray forwards to either)
+    through filters that drop lines holding any of `noise`. For programs (the CLI) only:
+    in-process callers keep their streams as they are."""
+    pumps = [_filter_fd(fd, noise) for fd in (1, 2)]
+
+    def drain() -> None:
+        """Let what is in the pipes out: Ray shut down first (its atexit hook, registered
+        when it was imported, would run after this one, and it prints its last forwarded
+        lines as it stops), then the descriptors back where they were; each pipe ends once
+        the processes that inherited it are gone."""
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for restore, _ in pumps:
+            restore()
+        for _, thread in pumps:
+            thread.join(DRAIN_S)
+
+    atexit.register(drain)
+
+
+def _filter_fd(fd: int, noise: tuple[bytes, ...]) -> tuple[Callable[[], None], threading.Thread]:
+    """fd -> a pipe read by a thread that writes on, to where fd pointed, every line
+    without `noise`; -> (a function that points fd back there, the thread)."""
+    read_end, write_end = os.pipe()
+    real = os.dup(fd)
+    os.dup2(write_end, fd)
+    os.close(write_end)
+
+    def pump() -> None:
+        """Never stops reading while the pipe is open (a writer to a full pipe would hang),
+        even where what it writes to has gone."""
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as src:
+            while chunk := src.read(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                _write_all(real, b"".join(line + b"\n" for line in lines if not any(n in line for n in noise)))
+        _write_all(real, pending)
+
+    def restore() -> None:
+        os.dup2(real, fd)
+
+    thread = threading.Thread(target=pump, name=f"fd{fd}-filter", daemon=True)
+    thread.start()
+    return restore, thread
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass  # stderr's reader is gone; nothing is left to tell

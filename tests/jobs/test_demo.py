@@ -38,6 +38,8 @@ def test_the_demo_runs_every_job_and_leaves_their_outputs(tmp_path, fitted_codec
     assert "RANDOM-WEIGHT DAC" in done.stdout and "FIXED RANDOM VECTORS" in done.stdout
     output = done.stdout + done.stderr  # what a person reads: no warning repeated by every worker (-v shows them)
     assert "Failed to query Ray Train Controller" not in output and "FutureWarning" not in output
+    ray_warnings = r"core_worker\.cc|\(raylet\)|Progress bars disabled|Warning:|WARNING: "
+    assert [line for line in output.splitlines() if re.search(ray_warnings, line)] == []
     # Ray Data's and Ray Train's own INFO lines stay in Ray's log files; the job's progress shows
     assert "Execution plan of Dataset" not in output and "Reporting training result" not in output
     assert re.search(r"step \d+: checkpoint", output) and re.search(r"separate: \d+ rows done", output)
