@@ -266,11 +266,11 @@ class PrepareStage(Stage):
             cfg.segment_seconds,
             cfg.keep_audio,
         )
-        self.plan = {
-            k: str(getattr(cfg, k)) for k in ("layout", "sfx_prompt", "segment_seconds", "val_fraction", "keep_audio")
-        }
-        self.sfx_prompt = cfg.sfx_prompt
+        self.plan = {k: str(getattr(cfg, k)) for k in ("layout", "segment_seconds", "val_fraction", "keep_audio")}
         self.plan["mixing"] = str(cfg.mixing)
+        self.sfx_prompt = cfg.sfx_prompt
+        if self.sfx_prompt:  # only where set: outputs made before the setting existed keep their fingerprint
+            self.plan["sfx_prompt"] = self.sfx_prompt
         self.weights: bytes | None = None
 
     def prepare(self, due: pa.Table | None) -> None:

@@ -248,6 +248,10 @@ def effects(rng: np.random.Generator, pool: Pools, n: int) -> tuple[np.ndarray, 
     return out, sorted(annots, key=lambda a: a[1])
 
 
+def _sum(stems: dict[str, np.ndarray]) -> np.ndarray:
+    return np.sum(np.stack(list(stems.values())), axis=0, dtype=np.float32)
+
+
 def _at_db(x: np.ndarray, db: float) -> np.ndarray:
     return (x * (10 ** (db / 20) / (np.sqrt(np.mean(x**2)) + 1e-12))).astype(np.float32)
 
@@ -261,7 +265,7 @@ class Scene:
 
     @property
     def mix(self) -> np.ndarray:
-        return sum(self.stems.values())  # type: ignore[return-value]
+        return _sum(self.stems)
 
 
 def scene(split: str, index: int, seconds: float = 10.0, seed: int = 0) -> Scene:
@@ -272,7 +276,7 @@ def scene(split: str, index: int, seconds: float = 10.0, seed: int = 0) -> Scene
     levels = {"speech": SPEECH_DB, "music": MUSIC_DB, "sfx": SFX_DB}
     raw = {"speech": speech(rng, pool, n), "music": music(rng, pool, n), "sfx": sfx}
     stems = {k: _at_db(raw[k], levels[k] + rng.uniform(-LEVEL_JITTER_DB, LEVEL_JITTER_DB)) for k in STEMS}
-    peak = float(np.abs(sum(stems.values())).max())
+    peak = float(np.abs(_sum(stems)).max())
     if peak > 0.95:
         stems = {k: v * np.float32(0.95 / peak) for k, v in stems.items()}
     rms_db = {k: round(20 * float(np.log10(np.sqrt(np.mean(v**2)) + 1e-12)), 2) for k, v in stems.items()}
