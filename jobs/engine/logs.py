@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import select
 import sys
 import threading
 import warnings
@@ -71,6 +72,7 @@ RAY_NOISE = (
     b"Progress bars disabled",
 )
 DRAIN_S = 5.0  # at exit, how long to wait for lines still in the pipes
+PARTIAL_LINE_S = 0.05  # how long a line without its newline waits before it goes out as it is
 
 
 def drop_ray_noise(noise: tuple[bytes, ...] = RAY_NOISE) -> None:
@@ -99,22 +101,36 @@ def drop_ray_noise(noise: tuple[bytes, ...] = RAY_NOISE) -> None:
 
 
 def _filter_fd(fd: int, noise: tuple[bytes, ...]) -> tuple[Callable[[], None], threading.Thread]:
-    """fd -> a pipe read by a thread that writes on, to where fd pointed, every line
-    without `noise`; -> (a function that points fd back there, the thread)."""
-    read_end, write_end = os.pipe()
+    """fd -> a pipe (a pseudo-terminal where fd is a terminal, so progress displays and
+    terminal checks behave as before) read by a thread that writes on, to where fd pointed,
+    every line without `noise`; -> (a function that points fd back there, the thread)."""
     real = os.dup(fd)
+    read_end, write_end = _terminal_like(real) if os.isatty(fd) else os.pipe()
     os.dup2(write_end, fd)
     os.close(write_end)
 
     def pump() -> None:
         """Never stops reading while the pipe is open (a writer to a full pipe would hang),
-        even where what it writes to has gone."""
+        even where what it writes to has gone. A partial line that waits (a progress bar
+        redrawn with a carriage return) goes out after PARTIAL_LINE_S."""
         pending = b""
-        with os.fdopen(read_end, "rb", buffering=0) as src:
-            while chunk := src.read(65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                _write_all(real, b"".join(line + b"\n" for line in lines if not any(n in line for n in noise)))
+        while True:
+            ready, _, _ = select.select([read_end], [], [], PARTIAL_LINE_S if pending else None)
+            if not ready:
+                if not any(n in pending for n in noise):
+                    _write_all(real, pending)
+                    pending = b""
+                continue
+            try:
+                chunk = os.read(read_end, 65536)
+            except OSError:  # a pseudo-terminal whose every writer has closed
+                chunk = b""
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            _write_all(real, b"".join(line + b"\n" for line in lines if not any(n in line for n in noise)))
         _write_all(real, pending)
+        os.close(read_end)
 
     def restore() -> None:
         os.dup2(real, fd)
@@ -122,6 +138,23 @@ def _filter_fd(fd: int, noise: tuple[bytes, ...]) -> tuple[Callable[[], None], t
     thread = threading.Thread(target=pump, name=f"fd{fd}-filter", daemon=True)
     thread.start()
     return restore, thread
+
+
+def _terminal_like(terminal: int) -> tuple[int, int]:
+    """A pseudo-terminal (master, slave) of the terminal's size, writing bytes as given."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    attrs = termios.tcgetattr(slave)
+    attrs[1] &= ~termios.OPOST  # no "\n" -> "\r\n": the real terminal does that itself
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, fcntl.ioctl(terminal, termios.TIOCGWINSZ, b"\0" * 8))
+    except OSError:
+        pass  # a terminal that reports no size: the pseudo-terminal keeps its default
+    return master, slave
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -47,3 +47,35 @@ def test_in_process_callers_keep_their_stderr(capfd):
     assert cli.main(["demo", "--output", "unused", "sounds=birdsong"]) == 2  # stops at its settings
     os.write(2, b"has constructor arguments in the object store\n")
     assert "has constructor arguments" in capfd.readouterr().err
+
+
+def test_on_a_terminal_the_program_still_writes_to_a_terminal(tmp_path):
+    """Under a pseudo-terminal (`script`, as a user's shell): the filtered streams are still
+    terminals (progress displays and terminal checks behave as before), a line redrawn
+    with a carriage return goes out before its newline, and the noise is gone."""
+    program = tmp_path / "program.py"
+    program.write_text(
+        textwrap.dedent(
+            r"""
+            import os, sys, time
+            from jobs.engine import drop_ray_noise
+
+            drop_ray_noise()
+            print("isatty", os.isatty(1), os.isatty(2), file=sys.stderr)
+            os.write(2, b"[E core_worker.cc] Actor has constructor arguments in the object store\n")
+            sys.stderr.write("progress 50%\r")
+            sys.stderr.flush()
+            time.sleep(0.5)
+            print("seen before the newline:", "progress 50%" in open(sys.argv[1]).read(), file=sys.stderr)
+            sys.stderr.write("progress 100%\n")
+            """
+        )
+    )
+    log = tmp_path / "typescript"
+    done = subprocess.run(
+        ["script", "-qfec", f"{sys.executable} {program} {log}", str(log)], capture_output=True, timeout=60
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    assert "isatty True True" in out and "seen before the newline: True" in out
+    assert "progress 50%\r" in out and "progress 100%" in out and "constructor arguments" not in out
