@@ -50,11 +50,16 @@ def gains(rows: list[dict], figures: dict[str, tuple[str, dict[str, str]]] = FIG
 
 
 def against(rows: list[dict], other: list[dict], column: str = "latent_snr") -> Gains:
-    """The gain of `rows` over `other` (another masker's per-clip rows of the same set), paired by row id."""
-    theirs = {r["id"]: r[column] for r in other}
-    joined = [{"prompt": r["prompt"], "ours": r[column], "theirs": theirs[r["id"]]} for r in rows if r["id"] in theirs]
+    """The gain of `rows` over `other` (another masker's per-clip rows of the same set), paired by
+    (id, prompt): a labelled row is one target of one mixture."""
+    theirs = {(r["id"], r["prompt"]): r[column] for r in other}
+    joined = [
+        {"prompt": r["prompt"], "ours": r[column], "theirs": theirs[key]}
+        for r in rows
+        if (key := (r["id"], r["prompt"])) in theirs
+    ]
     if not joined:
-        raise ValueError("the two evaluations share no row id: were they run on the same labelled set?")
+        raise ValueError("the two evaluations share no (id, prompt) row: were they run on the same labelled set?")
     return gains(joined, {"codes": ("ours", {"other masker": "theirs"})})
 
 

@@ -42,5 +42,5 @@ def test_gains_per_prompt_and_against_another_masker():
     md = gains.markdown(table)
     assert md.splitlines()[0].startswith("| prompt | figure | clips | gain over identity mask dB [95% CI] | p |")
     assert "| speech | codes | 4 | +4.50 [" in md and "| music | masked latent | 4 | +5.50 [" in md
-    with pytest.raises(ValueError, match="share no row id"):
+    with pytest.raises(ValueError, match="share no"):
         gains.against(rows, [{**r, "id": "x" + r["id"]} for r in rows])

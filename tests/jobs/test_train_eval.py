@@ -150,14 +150,14 @@ def test_trained_masker_beats_identity_and_wrong_prompt(synthetic_sets, tmp_path
     assert "| tone |" in (tmp_path / "eval" / "evaluation.md").read_text()
     # the paired gains are computed from the per-clip rows evaluate writes beside them
     rows = pq.read_table(tmp_path / "eval" / "evaluation_rows.parquet").to_pylist()
-    assert len(rows) == ev.rows_out and len({r["id"] for r in rows}) == len(rows)
+    assert len(rows) == ev.rows_out and len({(r["id"], r["prompt"]) for r in rows}) == len(rows)
     for prompt in synthetic.KINDS:
         over_identity = saved["gains"][prompt]["codes"]["identity mask"]
         assert over_identity["n"] == summary[prompt]["n"]
         assert over_identity["mean"] == pytest.approx(summary[prompt]["latent_snri"])
         low, high = over_identity["ci95"]
         assert low < over_identity["mean"] < high and 0 <= over_identity["p"] <= 1
-    # another masker of the same set, paired by clip: here the same one, so a gain of exactly 0
+    # another masker of the same set, paired by (id, prompt): here the same one, so a gain of exactly 0
     ev2, table2 = run_evaluate(
         synthetic_sets / "heldout" / "train", tmp_path / "eval2", run_dir, None, "--against", str(tmp_path / "eval")
     )
