@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,3 +102,14 @@ def fit_to_audio(model, clips: Sequence[np.ndarray], rank: int = 24, kmeans_iter
         100 * float(residual.pow(2).sum() / energy),
     )
     return model.eval()
+
+
+def save_fitted_random_dac(clips: Sequence[np.ndarray], path: str | Path, seed: int = 0) -> Path:
+    """A seeded random DAC 16 kHz fitted to `clips` and saved at `path` as DAC saves a
+    checkpoint: the stand-in for trained weights where none can be downloaded."""
+    from codecsep_core.dac_codec import random_dac
+
+    model = fit_to_audio(random_dac(seed), clips, seed=seed)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(path), package=False)
+    return Path(path)

@@ -20,6 +20,7 @@ import inspect
 import io
 import logging
 import math
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +215,28 @@ def _decoder_context_frames(decoder: torch.nn.Module) -> int:
     return math.ceil(rf / 2) + 2
 
 
+def _snake_in_one_buffer(self, x: torch.Tensor) -> torch.Tensor:
+    """DAC's `snake`, x + sin(alpha x)^2 / alpha, with the same float operations in the same
+    order (so the same bits), written into one buffer instead of four temporaries the size of
+    the activation: a quarter off a CPU encode. Where gradients are wanted, DAC's own."""
+    from dac.nn.layers import snake
+
+    if torch.is_grad_enabled():
+        return snake(x, self.alpha)
+    x3 = x.reshape(x.shape[0], x.shape[1], -1)
+    out = torch.mul(self.alpha, x3).sin_().pow_(2).mul_((self.alpha + 1e-9).reciprocal())
+    return out.add_(x3).reshape(x.shape)
+
+
+def use_one_buffer_snakes(model: torch.nn.Module) -> None:
+    """Every `Snake1d` of a DAC model (in place) computes as `_snake_in_one_buffer`."""
+    from dac.nn.layers import Snake1d
+
+    for module in model.modules():
+        if isinstance(module, Snake1d):
+            module.forward = types.MethodType(_snake_in_one_buffer, module)
+
+
 class DacCodec:
     """DAC encode/decode of numpy audio, in overlapping windows of `window_seconds`.
 
@@ -222,6 +245,7 @@ class DacCodec:
 
     def __init__(self, model, window_seconds: float = 5.0, device: str | torch.device = "cpu"):
         self.model = model.to(device).eval()
+        use_one_buffer_snakes(self.model)
         self.device = torch.device(device)
         self.info: CodecInfo = CodecTables.from_dac_model(model).info
         hop = self.info.hop_length

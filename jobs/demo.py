@@ -115,7 +115,7 @@ def scene_sounds(cfg: DemoConfig, out: Path) -> Sounds:
         heldout_args=[*dnr, f"segment_seconds={c.segment_seconds}", "val_fraction=0.0", "keep_audio=true"],
         segment_seconds=c.segment_seconds,
         max_steps=c.max_steps,
-        fit_codec=lambda path, seed: scenes.fitted_scene_codec(path, seed),
+        fit_codec=scenes.fitted_scene_codec,
         contrast=("speech", "music"),
         whole_mixtures=out / "sources" / "heldout",
     )
@@ -141,7 +141,7 @@ def synthetic_sounds(cfg: DemoConfig, out: Path) -> Sounds:
         ],
         segment_seconds=c.segment_seconds,
         max_steps=c.max_steps,
-        fit_codec=lambda path, seed: synthetic.fitted_random_codec(path, seed),
+        fit_codec=synthetic.fitted_random_codec,
         contrast=("tone", "noise"),
         whole_mixtures=None,
     )

@@ -126,12 +126,13 @@ def row_metrics(row: dict, ctx: dict) -> dict:
     return out
 
 
-def summarise(per_row: list[tuple[str, dict]]) -> dict[str, dict]:
-    """Means per prompt (and over all rows as "(all)")."""
+def summarise(per_row: list[dict]) -> dict[str, dict]:
+    """Means per prompt (and over all rows as "(all)") of every metric of the rows."""
     groups: dict[str, list[dict]] = defaultdict(list)
-    for prompt, m in per_row:
-        groups[prompt].append(m)
-        groups["(all)"].append(m)
+    for row in per_row:
+        metrics = {k: v for k, v in row.items() if k not in ("id", "prompt")}
+        groups[row["prompt"]].append(metrics)
+        groups["(all)"].append(metrics)
     out = {}
     for prompt in sorted(groups, key=lambda p: (p == "(all)", p)):
         rows = groups[prompt]
@@ -204,7 +205,7 @@ def run(cfg: EvaluateConfig) -> tuple[JobReport, str]:
     with report.stage("metrics"), torch.inference_mode():
         for row in table.to_pylist():
             per_row.append({"id": row["id"], "prompt": row["prompt"], **row_metrics(row, ctx)})
-    summary = summarise([(r["prompt"], {k: v for k, v in r.items() if k not in ("id", "prompt")}) for r in per_row])
+    summary = summarise(per_row)
     result = {"summary": summary, "gains": gains.gains(per_row)}
     tables = [markdown(summary), gains.markdown(result["gains"])]
     if cfg.against:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.audio import read_audio
+
 RATE = 16000
 STEMS = ("speech", "music", "sfx")
 PROMPTS = {"speech": "speech", "music": "music", "sfx": "sound effects"}  # DnR's prompts per stem
@@ -106,12 +108,10 @@ def _tool(args: list[str]) -> bytes:
 
 def _read_mono(data: bytes | Path) -> np.ndarray:
     """Audio at RATE, mono float32."""
-    import soundfile as sf
-
     from codecsep_core.dac_codec import resample
 
-    audio, rate = sf.read(io.BytesIO(data) if isinstance(data, bytes) else str(data), dtype="float32", always_2d=True)
-    return resample(audio.mean(axis=1)[None], rate, RATE)[0].astype(np.float32)
+    audio, rate = read_audio(data if isinstance(data, bytes) else data.read_bytes())
+    return resample(audio.mean(axis=0)[None], rate, RATE)[0].astype(np.float32)
 
 
 def utterance(rng: np.random.Generator, voice: str) -> np.ndarray:
@@ -316,8 +316,7 @@ def fitted_scene_codec(path: str | Path, seed: int = 0, n_scenes: int = 12, exce
     """A fixed-seed random DAC 16 kHz fitted (`codecsep_core.codec_fit`) to excerpts of the
     stems and mixtures of `codec` scenes: other scenes than the ones it will encode, as a
     real codec is trained on other audio."""
-    from codecsep_core.codec_fit import fit_to_audio
-    from codecsep_core.dac_codec import random_dac
+    from codecsep_core.codec_fit import save_fitted_random_dac
 
     rng = np.random.default_rng([seed, SPLITS.index("codec")])
     clips = []
@@ -326,7 +325,4 @@ def fitted_scene_codec(path: str | Path, seed: int = 0, n_scenes: int = 12, exce
         m = int(excerpt_seconds * RATE)
         at = int(rng.integers(0, len(s.mix) - m + 1))
         clips += [x[at : at + m] for x in (s.mix, *s.stems.values())]
-    model = fit_to_audio(random_dac(seed), clips, seed=seed)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    model.save(str(path), package=False)
-    return Path(path)
+    return save_fitted_random_dac(clips, path, seed)

@@ -85,13 +85,9 @@ def fitted_random_codec(
     trained DAC weights. Its sources are drawn apart from any that `write_sources` makes
     (as a real codec is trained on other audio than the separator's): fitted on the
     separator's own training sources, it would represent held-out ones worse."""
-    from codecsep_core.codec_fit import fit_to_audio
-    from codecsep_core.dac_codec import random_dac
+    from codecsep_core.codec_fit import save_fitted_random_dac
 
     rng = np.random.default_rng([seed, CODEC_FIT_STREAM])
     by_kind = [[source(kind, seconds, rate, rng) for _ in range(per_kind)] for kind in KINDS]
     mixtures = [sum(group) for group in zip(*by_kind)]
-    model = fit_to_audio(random_dac(seed), [x for clips in by_kind for x in clips] + mixtures, seed=seed)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    model.save(str(path), package=False)
-    return Path(path)
+    return save_fitted_random_dac([x for clips in by_kind for x in clips] + mixtures, path, seed)

@@ -1,8 +1,18 @@
 """Shared fixtures. S3 tests run against moto's S3 server on loopback (as s3fs tests itself)."""
 
+import os
 import uuid
 
 import pytest
+
+
+def pytest_configure(config):
+    """Under xdist, each worker gets its share of the cores for its math libraries (torch,
+    and the subprocesses and Ray workers it starts): two workers each spinning two OpenMP
+    threads on two cores spend more CPU waiting for each other than computing."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +73,18 @@ def fitted_codec(tmp_path_factory):
     from jobs import synthetic
 
     return synthetic.fitted_random_codec(tmp_path_factory.mktemp("fitted") / "codec.pth")
+
+
+# Tests that share an expensive session fixture run on one xdist worker, so it is built once.
+SHARED_GROUPS = {"fitted_codec": "fitted", "quality_set": "quality"}
+
+
+def pytest_collection_modifyitems(items):
+    """`-n 2 --dist loadgroup` (the Makefile's run): a test file runs on one worker (its module
+    fixtures are built once), the multi-node cluster tests on one worker (they start clusters
+    of their own and mostly wait), and the tests of one shared session fixture together."""
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        shared = [group for name, group in SHARED_GROUPS.items() if name in item.fixturenames]
+        group = "cluster" if path.startswith("tests/cluster/") else shared[0] if shared else path
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -22,12 +22,12 @@ def tone(seconds: float, sample_rate: int, channels: int = 1, seed: int = 0) -> 
     return (0.2 * np.sin(2 * np.pi * 330 * t)[None] + noise).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def codec(dac16):
     return DacCodec(dac16, window_seconds=0.4)  # windows far shorter than the clips below
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_pass(dac16):
     return DacCodec(dac16, window_seconds=1000.0)
 
@@ -52,6 +52,25 @@ def test_windowed_encode_equals_one_pass_and_needs_its_context(codec, one_pass):
     no_context = DacCodec(codec.model, window_seconds=0.4)
     no_context.encode_context = 0  # plain non-overlapping chunks: seams differ
     assert (no_context.encode(audio, 16000) != codes).any()
+
+
+def test_its_snakes_give_the_bits_of_dacs_own(dac16):
+    """DacCodec computes DAC's snake activation in one buffer (`use_one_buffer_snakes`): a
+    DAC model left as DAC builds it must give the same codes and the same samples."""
+    from codecsep_core.dac_codec import random_dac
+
+    reference = random_dac(0)  # dac16's weights, DAC's own snakes
+    ours = DacCodec(random_dac(0), window_seconds=1000.0)
+    audio = torch.from_numpy(tone(1.0, 16000))[None]
+    with torch.inference_mode():
+        z, codes = reference.encode(audio)[:2]
+        assert torch.equal(ours.model.encode(audio)[1], codes)
+        assert torch.equal(ours.model.decode(z), reference.decode(z))
+    with torch.enable_grad():  # training keeps DAC's own (in-place ops would break autograd)
+        x = torch.randn(1, 64, 50, requires_grad=True)
+        snake = next(m for m in ours.model.modules() if type(m).__name__ == "Snake1d")
+        snake(x).sum().backward()
+        assert x.grad is not None
 
 
 def test_windowed_decode_equals_one_pass(codec, one_pass):

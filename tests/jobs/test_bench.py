@@ -40,7 +40,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bench(tmp_path_factory, tiny_quality):
     import os
 

@@ -67,7 +67,7 @@ def run_evaluate(data, out, run_dir, weights=None, *extra):
     return evaluate.run(evaluate.parse_args(args + (["--codec-weights", str(weights)] if weights else [])))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def synthetic_sets(tmp_path_factory, ray_session, fitted_codec):
     """Training mixtures (with a val split) and held-out mixtures of other sources, each
     mixture one source of every kind at equal loudness, encoded with a codec fitted to yet
