@@ -36,7 +36,7 @@ install-sounds:
 	dpkg -s $(SOUND_PACKAGES) >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUND_PACKAGES))
 
 test: lint install-browser install-sounds
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -n 2 --dist loadgroup tests
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Scenes of real sounds where the packages can be installed; otherwise the demo says why in
 # one line and runs on synthetic sounds.

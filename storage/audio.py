@@ -11,7 +11,9 @@ import soundfile as sf
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 _TRUNCATED = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-_PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # streaming writers that never knew the length
+# Data sizes that writers to a pipe put in the header, never knowing the length (0x7FFFF000:
+# SoX, espeak-ng --stdout); such a file is read to its end, not called truncated.
+_PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000}
 
 
 class UnreadableAudio(ValueError):

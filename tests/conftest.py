@@ -73,18 +73,3 @@ def fitted_codec(tmp_path_factory):
     from jobs import synthetic
 
     return synthetic.fitted_random_codec(tmp_path_factory.mktemp("fitted") / "codec.pth")
-
-
-# Tests that share an expensive session fixture run on one xdist worker, so it is built once.
-SHARED_GROUPS = {"fitted_codec": "fitted", "quality_set": "quality"}
-
-
-def pytest_collection_modifyitems(items):
-    """`-n 2 --dist loadgroup` (the Makefile's run): a test file runs on one worker (its module
-    fixtures are built once), the multi-node cluster tests on one worker (they start clusters
-    of their own and mostly wait), and the tests of one shared session fixture together."""
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        shared = [group for name, group in SHARED_GROUPS.items() if name in item.fixturenames]
-        group = "cluster" if path.startswith("tests/cluster/") else shared[0] if shared else path
-        item.add_marker(pytest.mark.xdist_group(group))

@@ -31,7 +31,7 @@ def quantizer_loss(model, audio: list[np.ndarray]) -> float:
     return float((z - zq).pow(2).sum() / z.pow(2).sum())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fitted():
     return fit_to_audio(random_dac(0), clips(seed=0, n=20, seconds=1.0))  # 2000 frames: k-means on fewer overfits
 

@@ -22,12 +22,12 @@ def tone(seconds: float, sample_rate: int, channels: int = 1, seed: int = 0) -> 
     return (0.2 * np.sin(2 * np.pi * 330 * t)[None] + noise).astype(np.float32)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def codec(dac16):
     return DacCodec(dac16, window_seconds=0.4)  # windows far shorter than the clips below
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def one_pass(dac16):
     return DacCodec(dac16, window_seconds=1000.0)
 

@@ -80,7 +80,7 @@ def train_masker(tables, scenes, steps: int, seed: int = 0) -> Masker:
     return masker.eval()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def trained(fitted_codec):
     codec = DacCodec.load(str(fitted_codec))
     tables = codec.tables()

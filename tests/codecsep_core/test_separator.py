@@ -14,13 +14,13 @@ from codecsep_core.separator import exclude_masks
 from codecsep_core.windows import crossfade_weights, pack_windows, plan_windows
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_masker():
     torch.manual_seed(0)
     return Masker(MaskerConfig.preset("tiny")).eval()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prompts():
     return torch.nn.functional.normalize(torch.randn(3, 512, generator=torch.Generator().manual_seed(1)), dim=-1)
 

@@ -22,13 +22,13 @@ from storage import fs as sfs
 from storage.shards import read_table
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny(tables):
     torch.manual_seed(0)
     return Masker(MaskerConfig.preset("tiny")).eval()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def embeddings():
     g = torch.Generator().manual_seed(7)
     return torch.nn.functional.normalize(torch.randn(len(PROMPTS), 512, generator=g), dim=-1)

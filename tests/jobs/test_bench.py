@@ -40,7 +40,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bench(tmp_path_factory, tiny_quality):
     import os
 

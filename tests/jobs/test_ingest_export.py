@@ -60,7 +60,7 @@ def dac_cli(*args: str, cwd) -> None:
 CLI_SOURCES = [("chunked.wav", 1.3, 16000, 1), ("stereo22k.wav", 1.1, 22050, 2), ("sub/short.wav", 0.41, 16000, 1)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dac_cli_files(dac_weights, tmp_path_factory):
     """`.dac` files written by `python -m dac encode`, and the audio they came from."""
     root = tmp_path_factory.mktemp("dac_cli")
@@ -273,7 +273,7 @@ def test_separated_shards_export_one_file_per_clip_and_prompt(ray_session, dac_w
     assert (back.original_length, back.sample_rate, back.channels) == (13000, 22050, 2)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dac44_weights(tmp_path_factory):
     """A DAC 44 kHz of the real architecture with random weights, saved as DAC saves it."""
     from codecsep_core.dac_codec import random_dac

@@ -14,7 +14,7 @@ from jobs import scenes
 RATE = scenes.RATE
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def heldout_scenes():
     return [scenes.scene("heldout", k, seconds=6.0, seed=3) for k in range(3)]
 
@@ -133,7 +133,7 @@ def scene_windows(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(mixes), np.stack(stems)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def scene_results(tmp_path_factory):
     """Per stem, per held-out window: latent SNR of the separated codes and of the masked
     latent, the identity mask's, and the wrong prompts' (mean of the other two), for the

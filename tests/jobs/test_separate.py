@@ -25,13 +25,13 @@ from storage.shards import read_errors, read_table
 PROMPTS = ["speech", "dog barking", "rain"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def models(tables):
     torch.manual_seed(0)
     return {"tiny": Masker(MaskerConfig.preset("tiny")).eval(), "paper": Masker(MaskerConfig.preset("paper")).eval()}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def embeddings():
     g = torch.Generator().manual_seed(7)
     return torch.nn.functional.normalize(torch.randn(len(PROMPTS), 512, generator=g), dim=-1)

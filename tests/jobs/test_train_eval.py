@@ -67,7 +67,7 @@ def run_evaluate(data, out, run_dir, weights=None, *extra):
     return evaluate.run(evaluate.parse_args(args + (["--codec-weights", str(weights)] if weights else [])))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def synthetic_sets(tmp_path_factory, ray_session, fitted_codec):
     """Training mixtures (with a val split) and held-out mixtures of other sources, each
     mixture one source of every kind at equal loudness, encoded with a codec fitted to yet
@@ -267,6 +267,8 @@ def test_dnr_layout_prepare_train_evaluate(tmp_path, ray_session, dac_weights):
 
 
 def test_train_resumes_from_latest_checkpoint_after_kill(synthetic_sets, tmp_path, lost_machine):
+    """Killed like a lost machine, a rerun resumes from the last checkpoint; run in-process it
+    leaves the caller's Ray Data context as it found it; after max_steps it trains nothing."""
     out, runs = tmp_path / "run", tmp_path / "ray_train"
     args = train_args(
         synthetic_sets / "data",
@@ -294,7 +296,16 @@ def test_train_resumes_from_latest_checkpoint_after_kill(synthetic_sets, tmp_pat
         lost_machine.kill(proc)
     step, _ = train.latest_checkpoint(str(out))
     assert 0 < step < 20
-    report = train.run(train.parse_args(args))
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.enable_progress_bars
+    ctx.enable_progress_bars = True  # a caller's setting, which train must leave as it found it
+    try:
+        report = train.run(train.parse_args(args))
+        assert DataContext.get_current().enable_progress_bars is True
+    finally:
+        ctx.enable_progress_bars = before
     assert report.extra["resumed_from_step"] == step
     assert report.extra["step"] == 20 and report.rows_out == 20 - step
     assert train.latest_checkpoint(str(out))[0] == 20
@@ -306,17 +317,3 @@ def test_train_resumes_from_latest_checkpoint_after_kill(synthetic_sets, tmp_pat
     assert again.rows_out == 0 and again.extra["step"] == 20  # a rerun after success trains nothing
     assert sorted(runs.iterdir()) == trainer_runs  # ... and starts no Ray Train worker
     assert content_digest(out / "masker.safetensors") == masker  # the same masker, from the last checkpoint
-
-
-def test_train_leaves_ray_datas_context_as_it_found_it(synthetic_sets, tmp_path):
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    before = ctx.enable_progress_bars
-    ctx.enable_progress_bars = True
-    try:
-        args = train_args(synthetic_sets / "data", tmp_path / "run", synthetic_sets / "codec.pth", "max_steps=2")
-        train.run(train.parse_args([*args, "val_every=2", "checkpoint_every=2"]))
-        assert DataContext.get_current().enable_progress_bars is True
-    finally:
-        ctx.enable_progress_bars = before

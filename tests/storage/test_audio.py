@@ -34,3 +34,18 @@ def test_files_that_are_not_usable_audio_say_why(data, reason):
         data = whole[: len(whole) // 2]
     with pytest.raises(UnreadableAudio, match=reason):
         read_audio(data)
+
+
+@pytest.mark.parametrize("declared", [0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000])
+def test_a_wav_written_to_a_pipe_reads_whole(declared):
+    """A writer to a pipe (SoX, espeak-ng --stdout) cannot know the length and puts a
+    placeholder in the data chunk's size: every sample is there, nothing is truncated."""
+    import struct
+
+    audio = np.linspace(-0.5, 0.5, 4000, dtype=np.float32)[None]
+    whole = encode_audio(audio, 16000, "wav", "PCM_16")
+    at = whole.index(b"data") + 4
+    streamed = whole[:at] + struct.pack("<I", declared) + whole[at + 4 :]
+    out, rate = read_audio(streamed)
+    assert rate == 16000 and out.shape == (1, 4000)
+    np.testing.assert_allclose(out, audio, atol=1 / 32768)
