@@ -112,7 +112,7 @@ def scene_sounds(cfg: DemoConfig, out: Path) -> Sounds:
         kind="scenes",
         prompts=tuple(scenes.PROMPTS[s] for s in scenes.STEMS),
         train_args=[*dnr, f"segment_seconds={c.segment_seconds}", "val_fraction=0.15"],
-        heldout_args=[*dnr, f"segment_seconds={c.segment_seconds}", "val_fraction=0.0", "keep_audio=true"],
+        heldout_args=[*dnr, f"segment_seconds={c.segment_seconds}", "val_fraction=0.0"],
         segment_seconds=c.segment_seconds,
         max_steps=c.max_steps,
         fit_codec=scenes.fitted_scene_codec,
@@ -137,7 +137,6 @@ def synthetic_sounds(cfg: DemoConfig, out: Path) -> Sounds:
             f"mixing.n_mixtures={c.heldout_mixtures}",
             "val_fraction=0.0",
             f"mixing.seed={cfg.seed + 1}",
-            "keep_audio=true",
         ],
         segment_seconds=c.segment_seconds,
         max_steps=c.max_steps,
@@ -255,7 +254,10 @@ def run(cfg: DemoConfig) -> str:
         f"codec: {'official DAC 16 kHz weights' if official else random_codec} ({weights})",
     ]
     ray_args = ray_overrides(cfg)
-    for name, args in (("data", sounds.train_args), ("heldout", sounds.heldout_args)):
+    # the held-out audio: for waveform figures (a real decoder only), and the mixtures to ingest
+    # where there are no whole ones
+    keep_audio = ["keep_audio=true"] if official or sounds.whole_mixtures is None else []
+    for name, args in (("data", sounds.train_args), ("heldout", [*sounds.heldout_args, *keep_audio])):
         source = out / "sources" / ("train" if name == "data" else name)
         prepare_train.run(
             prepare_train.parse_args([str(source), str(out / name), "--codec-weights", str(weights), *args, *ray_args])
