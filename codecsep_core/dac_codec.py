@@ -16,6 +16,7 @@ codebook choice on a near tie).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import logging
@@ -97,7 +98,7 @@ def random_dac(seed: int = 0, model_type: str = "16khz"):
     import dac
 
     torch.manual_seed(seed)
-    return dac.DAC(**DAC_ARCHITECTURES[model_type]).eval()
+    return use_one_buffer_snakes(dac.DAC(**DAC_ARCHITECTURES[model_type]).eval())
 
 
 def official_weights(model_type: str) -> Path:
@@ -126,7 +127,7 @@ def _build(dac_cls, ckpt: dict, name: str):
     if unexpected:
         log.warning("%s: ignoring %d unexpected tensors, e.g. %s", name, len(unexpected), unexpected[:3])
     model.metadata = ckpt.get("metadata") or {}
-    return model.eval()
+    return use_one_buffer_snakes(model.eval())
 
 
 # ---------------------------------------------------------------- audio helpers
@@ -215,26 +216,26 @@ def _decoder_context_frames(decoder: torch.nn.Module) -> int:
     return math.ceil(rf / 2) + 2
 
 
-def _snake_in_one_buffer(self, x: torch.Tensor) -> torch.Tensor:
+def _snake_in_one_buffer(self, x: torch.Tensor, dac_snake) -> torch.Tensor:
     """DAC's `snake`, x + sin(alpha x)^2 / alpha, with the same float operations in the same
     order (so the same bits), written into one buffer instead of four temporaries the size of
     the activation: a quarter off a CPU encode. Where gradients are wanted, DAC's own."""
-    from dac.nn.layers import snake
-
     if torch.is_grad_enabled():
-        return snake(x, self.alpha)
+        return dac_snake(x, self.alpha)
     x3 = x.reshape(x.shape[0], x.shape[1], -1)
     out = torch.mul(self.alpha, x3).sin_().pow_(2).mul_((self.alpha + 1e-9).reciprocal())
     return out.add_(x3).reshape(x.shape)
 
 
-def use_one_buffer_snakes(model: torch.nn.Module) -> None:
-    """Every `Snake1d` of a DAC model (in place) computes as `_snake_in_one_buffer`."""
-    from dac.nn.layers import Snake1d
+def use_one_buffer_snakes(model: torch.nn.Module) -> torch.nn.Module:
+    """Every `Snake1d` of a DAC model we build computes as `_snake_in_one_buffer`; -> model."""
+    from dac.nn.layers import Snake1d, snake
 
+    forward = functools.partial(_snake_in_one_buffer, dac_snake=snake)
     for module in model.modules():
         if isinstance(module, Snake1d):
-            module.forward = types.MethodType(_snake_in_one_buffer, module)
+            module.forward = types.MethodType(forward, module)
+    return model
 
 
 class DacCodec:
@@ -245,7 +246,6 @@ class DacCodec:
 
     def __init__(self, model, window_seconds: float = 5.0, device: str | torch.device = "cpu"):
         self.model = model.to(device).eval()
-        use_one_buffer_snakes(self.model)
         self.device = torch.device(device)
         self.info: CodecInfo = CodecTables.from_dac_model(model).info
         hop = self.info.hop_length

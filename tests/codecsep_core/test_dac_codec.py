@@ -55,11 +55,15 @@ def test_windowed_encode_equals_one_pass_and_needs_its_context(codec, one_pass):
 
 
 def test_its_snakes_give_the_bits_of_dacs_own(dac16):
-    """DacCodec computes DAC's snake activation in one buffer (`use_one_buffer_snakes`): a
-    DAC model left as DAC builds it must give the same codes and the same samples."""
-    from codecsep_core.dac_codec import random_dac
+    """The DAC models we build compute DAC's snake activation in one buffer
+    (`use_one_buffer_snakes`): a DAC model left as DAC builds it must give the same codes
+    and the same samples."""
+    import dac
 
-    reference = random_dac(0)  # dac16's weights, DAC's own snakes
+    from codecsep_core.dac_codec import DAC_ARCHITECTURES, random_dac
+
+    torch.manual_seed(0)
+    reference = dac.DAC(**DAC_ARCHITECTURES["16khz"]).eval()  # dac16's weights, DAC's own snakes
     ours = DacCodec(random_dac(0), window_seconds=1000.0)
     audio = torch.from_numpy(tone(1.0, 16000))[None]
     with torch.inference_mode():
